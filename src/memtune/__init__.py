@@ -1,0 +1,37 @@
+"""memtune: memory-tuning (MT-F, MT-M, MT-MF) and its baselines for any Hugging Face transformer.
+
+    model = memtune.attach(model, memtune.recipe("mt-mf"))
+    memtune.parameter_report(model)
+    memtune.save(model, "out/run"); memtune.load(fresh_model, "out/run")
+    memtune.detach(model)
+"""
+from .arch import ARCHITECTURES, ArchSpec, register_architecture
+from .errors import ArchitectureError, CheckpointError, ConfigError, MemtuneError
+from .io import load, save
+from .methods import MemoryBlock, MemoryConfig, MethodConfig, PrefixConfig, Recipe, recipe
+from .params import parameter_report
+from .tuning import attach, detach, methods_of
+from .version import __version__
+
+__all__ = [
+    "attach",
+    "detach",
+    "recipe",
+    "Recipe",
+    "MemoryConfig",
+    "PrefixConfig",
+    "MethodConfig",
+    "MemoryBlock",
+    "parameter_report",
+    "save",
+    "load",
+    "methods_of",
+    "ArchSpec",
+    "ARCHITECTURES",
+    "register_architecture",
+    "MemtuneError",
+    "ConfigError",
+    "ArchitectureError",
+    "CheckpointError",
+    "__version__",
+]

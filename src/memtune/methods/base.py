@@ -1,0 +1,134 @@
+"""What every tuning method shares: a validated config dataclass and a module that installs itself.
+
+A method is a pair:
+- a ``MethodConfig`` dataclass (hyperparameters with help text, validated in ``__post_init__``);
+- a ``TunedMethod`` module that holds the method's parameters and installs hooks into the model.
+``attach`` builds the module from the config; everything else (counting, saving, detaching) only uses
+the ``TunedMethod`` interface below.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..arch import ArchSpec, Dims
+from ..errors import ConfigError
+
+METHODS: dict[str, type["MethodConfig"]] = {}
+
+
+def register_method(cls: type["MethodConfig"]) -> type["MethodConfig"]:
+    """Class decorator: make a MethodConfig known by its ``method`` name (used by save/load)."""
+    METHODS[cls.method] = cls
+    return cls
+
+
+def positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def probability(value: Any, name: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+def help_field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's configuration."""
+
+    method: ClassVar[str] = ""
+    layers: list[int] | None = help_field(None, "Indices of the transformer layers to tune; None = every layer.")
+
+    def __post_init__(self):
+        if self.layers is not None:
+            if not isinstance(self.layers, (list, tuple)) or not self.layers:
+                raise ConfigError(f"layers must be a non-empty list of layer indices or None, got {self.layers!r}")
+            for i in self.layers:
+                if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+                    raise ConfigError(f"layers must hold non-negative integers, got {self.layers!r}")
+            if len(set(self.layers)) != len(self.layers):
+                raise ConfigError(f"layers lists a layer twice: {self.layers!r}")
+            self.layers = sorted(self.layers)
+
+    def layer_indices(self, dims: Dims) -> list[int]:
+        if self.layers is None:
+            return list(range(dims.layers))
+        bad = [i for i in self.layers if i >= dims.layers]
+        if bad:
+            raise ConfigError(f"{self.method}: layers {bad} do not exist; the model has {dims.layers} layers (0..{dims.layers - 1})")
+        return list(self.layers)
+
+    def check_model(self, dims: Dims) -> None:
+        """Reject values that are meaningless for this model (called by attach before anything changes)."""
+        self.layer_indices(dims)
+
+    def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "TunedMethod":
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "MethodConfig":
+        data = dict(data)
+        name = data.pop("method", None)
+        if name not in METHODS:
+            raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+        cls = METHODS[name]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(known)}")
+        return cls(**data)
+
+
+class TunedMethod(nn.Module):
+    """A method's parameters plus the hooks that put them into a model."""
+
+    def __init__(self, config: MethodConfig):
+        super().__init__()
+        self.config = config
+
+    def install(self, model: nn.Module, arch: ArchSpec, handles: "HookHandles") -> None:
+        """Hook the method into ``model``, adding to ``handles`` a removable handle per change as it goes."""
+        raise NotImplementedError
+
+    def backbone_trainable(self, model: nn.Module) -> list[str]:
+        """Names of backbone parameters this method trains besides its own (e.g. LayerNorms)."""
+        return []
+
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        """The tensors a trained method needs at inference (what 'stored' counts and save writes)."""
+        return {k: v for k, v in self.state_dict().items()}
+
+    def prepare_stored(self) -> None:
+        """Switch to the stored form before ``load_stored`` (e.g. drop a reparameterisation)."""
+
+    def load_stored(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state, strict=True)
+
+
+class HookHandles:
+    """Collects removable handles; ``remove()`` undoes them in reverse order."""
+
+    def __init__(self):
+        self._handles: list[Any] = []
+
+    def add(self, handle: Any) -> None:
+        self._handles.append(handle)
+
+    def extend(self, handles: list[Any]) -> None:
+        self._handles.extend(handles)
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()

@@ -1,0 +1,174 @@
+"""MT-F: a learned memory attended by each layer's FFN output (Memory-Tuning, Qi et al. 2024, Sec. III-A).
+
+    Q = H W_query,  K = M W_key,  V = M W_value                     (Eq. 8)
+    dH = W_o^T softmax(Q K^T) V            (no 1/sqrt(s) scaling: footnote 2)
+    H <- H + dH                            (Eq. 7 with a = b = 1, H the FFN output)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..arch import ArchSpec, Dims, blocks, submodule
+from ..errors import ConfigError
+from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, register_method
+
+
+def memory_attention(
+    h: torch.Tensor, memory: torch.Tensor, query: nn.Module, key: nn.Module, value: nn.Module, scale: float = 1.0
+) -> torch.Tensor:
+    """softmax(Q K^T) V of Eq. (8), before W_o. h: (..., n, d); memory: (k, s) -> (..., n, s)."""
+    q = query(h)  # (..., n, s)
+    k = key(memory)  # (k, s)
+    v = value(memory)  # (k, s)
+    scores = torch.matmul(q, k.transpose(0, 1)) * scale  # (..., n, k)
+    return torch.matmul(scores.softmax(dim=-1), v)  # (..., n, s)
+
+
+class MemoryBlock(nn.Module):
+    """One layer's memory: ``forward(h)`` returns dH of Eq. (8).
+
+    Args:
+        d_model: hidden size d of the transformer.
+        num_slots: number of memory slots k.
+        slot_dim: size s of each slot (the bottleneck; the paper's d_m).
+        bias: give W_query, W_key, W_value, W_o biases (the authors' code does; Eq. 8 does not).
+        layer_norms: the authors' code variant: LayerNorms on h, on Q and on the attention result.
+        scale_scores: divide scores by sqrt(s) (Eq. 8 does not: footnote 2).
+        init_std: std of the normal initialisation of the memory M (0.02 in the authors' code).
+
+    ``out`` (W_o) starts at zero, so a fresh block returns dH = 0: attaching it is an exact no-op.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_slots: int,
+        slot_dim: int,
+        *,
+        bias: bool = False,
+        layer_norms: bool = False,
+        scale_scores: bool = False,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        positive_int(d_model, "d_model")
+        positive_int(num_slots, "num_slots")
+        positive_int(slot_dim, "slot_dim")
+        self.scale = 1.0 / math.sqrt(slot_dim) if scale_scores else 1.0
+        self.memory = nn.Parameter(torch.randn(num_slots, slot_dim) * init_std)  # M: (k, s)
+        self.query = nn.Linear(d_model, slot_dim, bias=bias)  # W_query: d -> s
+        self.key = nn.Linear(slot_dim, slot_dim, bias=bias)  # W_key: s -> s
+        self.value = nn.Linear(slot_dim, slot_dim, bias=bias)  # W_value: s -> s
+        self.out = nn.Linear(slot_dim, d_model, bias=bias)  # W_o: s -> d
+        nn.init.zeros_(self.out.weight)
+        if bias:
+            nn.init.zeros_(self.out.bias)
+        norm = nn.LayerNorm if layer_norms else (lambda _: nn.Identity())
+        self.input_norm = norm(d_model)  # LN1 of the authors' code
+        self.query_norm = norm(slot_dim)  # LN2
+        self.output_norm = norm(slot_dim)  # LN3
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        query = nn.Sequential(self.input_norm, self.query, self.query_norm)
+        attended = memory_attention(h, self.memory, query, self.key, self.value, self.scale)
+        return self.out(self.output_norm(attended))  # dH: (..., n, d)
+
+    def scores(self, h: torch.Tensor) -> torch.Tensor:
+        """softmax(Q K^T): how each token attends to the k slots (..., n, k), for visualisation."""
+        q = self.query_norm(self.query(self.input_norm(h)))
+        return (torch.matmul(q, self.key(self.memory).transpose(0, 1)) * self.scale).softmax(-1)
+
+
+@register_method
+@dataclass
+class MemoryConfig(MethodConfig):
+    """MT-F: memory on the FFN output of each layer (Eq. 7-8)."""
+
+    method = "memory"
+    num_slots: int = help_field(50, "Number of memory slots k (paper: 50).")
+    slot_dim: int = help_field(32, "Size s of each slot, the bottleneck (paper: 32 for MT-F, 16 in MT-MF).")
+    bias: bool = help_field(False, "Biases on W_query/W_key/W_value/W_o (authors' code: True; Eq. 8: False).")
+    layer_norms: bool = help_field(False, "Authors' code variant: three extra LayerNorms inside each block.")
+    scale_scores: bool = help_field(False, "Scale scores by 1/sqrt(s) (Eq. 8 does not, footnote 2).")
+    init_std: float = help_field(0.02, "Std of the normal initialisation of the memory slots.")
+    train_layer_norms: bool = help_field(
+        False, "Also train every LayerNorm of the backbone, as the authors' code does (counted as tuned and stored)."
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        positive_int(self.num_slots, "MemoryConfig.num_slots (k)")
+        positive_int(self.slot_dim, "MemoryConfig.slot_dim (s)")
+        if not isinstance(self.init_std, (int, float)) or isinstance(self.init_std, bool) or self.init_std <= 0:
+            raise ConfigError(f"MemoryConfig.init_std must be a positive number, got {self.init_std!r}")
+
+    def check_model(self, dims: Dims) -> None:
+        super().check_model(dims)
+        if self.slot_dim > dims.hidden:
+            raise ConfigError(
+                f"MemoryConfig.slot_dim s={self.slot_dim} exceeds the model's hidden size d={dims.hidden}: the memory "
+                f"is a bottleneck (s <= d; the paper uses s = 16 or 32). Lower slot_dim."
+            )
+
+    def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "MemoryMethod":
+        return MemoryMethod(self, dims)
+
+
+class MemoryMethod(TunedMethod):
+    """MemoryBlocks on the FFN outputs of the chosen layers."""
+
+    def __init__(self, config: MemoryConfig, dims: Dims):
+        super().__init__(config)
+        self.layer_indices = config.layer_indices(dims)
+        self.blocks = nn.ModuleDict(
+            {
+                str(i): MemoryBlock(
+                    dims.hidden,
+                    config.num_slots,
+                    config.slot_dim,
+                    bias=config.bias,
+                    layer_norms=config.layer_norms,
+                    scale_scores=config.scale_scores,
+                    init_std=config.init_std,
+                )
+                for i in self.layer_indices
+            }
+        )
+
+    def install(self, model: nn.Module, arch: ArchSpec, handles: HookHandles) -> None:
+        layers = blocks(model, arch)
+        for i in self.layer_indices:
+            site = submodule(layers[i], arch.ffn_output, "the FFN output")
+            handles.add(site.register_forward_hook(_add_memory_update(self.blocks[str(i)])))
+
+    def backbone_trainable(self, model: nn.Module) -> list[str]:
+        if not self.config.train_layer_norms:
+            return []
+        backbone = {id(m) for m in model.base_model.modules()}
+        return [
+            f"{module_name}.{param_name}"
+            for module_name, module in model.named_modules()
+            if id(module) in backbone and not module_name.startswith("memtune.") and _is_layer_norm(module)
+            for param_name, _ in module.named_parameters(recurse=False)
+        ]
+
+
+def _is_layer_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
+
+
+def _add_memory_update(block: MemoryBlock):
+    def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"memtune: the FFN output module {type(module).__name__} returned {type(output).__name__}, not a tensor; "
+                f"point ArchSpec.ffn_output at a module that returns the FFN hidden states"
+            )
+        return output + block(output)  # Eq. (7), a = b = 1
+
+    return hook

@@ -1,0 +1,104 @@
+"""MT-M: prefix tuning seen as memory on attention (Memory-Tuning Sec. III-B, Eq. 9).
+
+P-tuning v2 with reparameterisation: Embedding(l, d) -> Linear(d, m) -> tanh -> Linear(m, 2 L d) gives
+per-layer, per-head key and value prefixes prepended in every self-attention layer. After training
+the reparameterisation is dropped and only the l x 2 x L x d prefix is stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..arch import ArchSpec, Dims, blocks, submodule
+from ..attention import install_interface_prefix, install_projection_prefix, use_prefix_attention
+from ..errors import ConfigError
+from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, probability, register_method
+
+
+@register_method
+@dataclass
+class PrefixConfig(MethodConfig):
+    """MT-M / prefix tuning: l virtual key/value pairs prepended in each self-attention layer."""
+
+    method = "prefix"
+    prefix_length: int = help_field(32, "Prefix length l (paper: 32 for prefix tuning, 16 in MT-MF and MAM).")
+    hidden: int | None = help_field(None, "Hidden size m of the reparameterisation network; None = d (paper).")
+    reparameterize: bool = help_field(True, "Train through Embedding -> Linear -> tanh -> Linear (P-tuning v2).")
+    dropout: float = help_field(0.0, "Dropout on the prefix keys/values while training (authors' code: 0.1).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        positive_int(self.prefix_length, "PrefixConfig.prefix_length (l)")
+        if self.hidden is not None:
+            positive_int(self.hidden, "PrefixConfig.hidden (m)")
+        probability(self.dropout, "PrefixConfig.dropout")
+
+    def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "PrefixMethod":
+        return PrefixMethod(self, dims)
+
+
+class PrefixMethod(TunedMethod):
+    """The prefix keys/values of the chosen layers, reparameterised while training."""
+
+    def __init__(self, config: PrefixConfig, dims: Dims):
+        super().__init__(config)
+        self.layer_indices = config.layer_indices(dims)
+        self.length = config.prefix_length
+        self.kv_heads, self.head_dim = dims.kv_heads, dims.head_dim
+        self.width = 2 * dims.kv_dim  # one layer's key and value, concatenated
+        n_layers = len(self.layer_indices)
+        if config.reparameterize:
+            hidden = config.hidden or dims.hidden
+            self.embedding = nn.Embedding(self.length, dims.hidden)  # (l, d)
+            self.down = nn.Linear(dims.hidden, hidden)  # d -> m
+            self.up = nn.Linear(hidden, n_layers * self.width)  # m -> 2 L d
+        else:
+            self.prefix = nn.Parameter(torch.randn(n_layers, self.length, self.width))  # (L, l, 2 d)
+
+    @property
+    def reparameterized(self) -> bool:
+        return hasattr(self, "embedding")
+
+    def layer_prefix(self, j: int) -> torch.Tensor:
+        """The j-th tuned layer's keys and values, flat: (l, 2 d_kv), layout [key | value] x heads."""
+        if not self.reparameterized:
+            return self.prefix[j]
+        hidden = torch.tanh(self.down(self.embedding.weight))  # (l, m)
+        rows = slice(j * self.width, (j + 1) * self.width)
+        return F.linear(hidden, self.up.weight[rows], self.up.bias[rows])  # (l, 2 d_kv)
+
+    def key_values(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer j's prefix keys and values, each (kv_heads, l, head_dim)."""
+        kv = F.dropout(self.layer_prefix(j), self.config.dropout, self.training)
+        kv = kv.view(self.length, 2, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)  # (2, H_kv, l, hd)
+        return kv[0], kv[1]
+
+    def full_prefix(self) -> torch.Tensor:
+        """All tuned layers' prefixes, (L, l, 2 d_kv): the stored form."""
+        return torch.stack([self.layer_prefix(j) for j in range(len(self.layer_indices))])
+
+    def prepare_stored(self) -> None:
+        """Replace the reparameterisation network by the prefix it currently computes."""
+        if self.reparameterized:
+            with torch.no_grad():
+                prefix = self.full_prefix().detach().clone()
+            del self.embedding, self.down, self.up
+            self.prefix = nn.Parameter(prefix)
+
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        return {"prefix": self.full_prefix().detach()}
+
+    def install(self, model: nn.Module, arch: ArchSpec, handles: HookHandles) -> None:
+        layers = blocks(model, arch)
+        attentions = [submodule(layers[i], arch.self_attention, "the self-attention") for i in self.layer_indices]
+        if arch.prefix_seam == "projection":
+            for j, attention in enumerate(attentions):
+                handles.extend(install_projection_prefix(attention, arch, self, j))
+            return
+        handles.add(use_prefix_attention(model))
+        for j, attention in enumerate(attentions):
+            handles.add(install_interface_prefix(attention, self, j))
