@@ -171,6 +171,7 @@ def attach(
         state.methods[key] = config.build(model, spec, dims)
     dtype, device = _backbone_dtype_device(model)
     state.to(device=device, dtype=dtype)
+    state.train(model.training)  # follow the model's train/eval mode (dropout)
     model.add_module(STATE_ATTR, state)
     try:
         for method in state.methods.values():
