@@ -1,0 +1,57 @@
+"""`memtune params`: counts from configs alone, next to the paper's Table II, and clean errors."""
+import json
+
+import pytest
+
+from memtune.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_params_bert_base_matches_the_equations(capsys):
+    code, out, _ = run(capsys, "params", "--model", "bert-base", "--method", "mt-f,prefix,mt-mf", "--json")
+    assert code == 0
+    rows = {r["method"]: r for r in json.loads(out)}
+    d, L, s, k, l = 768, 12, 32, 50, 32
+    assert rows["mt-f"]["backbone"] == 109_482_240  # embeddings + 12 layers + pooler
+    assert rows["mt-f"]["tuned"] == rows["mt-f"]["stored"] == (2 * s * d + 2 * s * s + k * s) * L  # Eq. (8) counted
+    assert rows["mt-f"]["paper_formula"]["tuned_value"] == (2 * s * d + 3 * s * s + k * s) * L  # Table II as printed
+    prefix_network = l * d + (d * d + d) + (d * 2 * L * d + 2 * L * d)
+    assert rows["prefix"]["tuned"] == prefix_network and rows["prefix"]["stored"] == 2 * l * d * L
+    assert round(rows["prefix"]["stored_pct"], 2) == 0.54  # the paper's Table IV: 0.54%
+    assert round(rows["mt-f"]["tuned_pct"], 2) == 0.58  # the paper prints 0.59% (its 3s^2)
+    half = 16
+    assert rows["mt-mf"]["stored"] == 2 * half * d * L + (2 * half * d + 2 * half * half + k * half) * L
+
+
+def test_params_table_is_readable(capsys):
+    code, out, _ = run(capsys, "params", "--model", "bert-large", "--method", "mt-mf")
+    assert code == 0
+    assert "Table II #tuned = (2sd + 3s^2 + ks + 2md + 2d)L + ld" in out
+    assert "mt-mf = prefix" in out and "335,141,888" in out
+
+
+def test_params_budget_scales_the_recipe(capsys):
+    _, out, _ = run(capsys, "params", "--model", "bert-base", "--method", "mt-f", "--budget", "8", "--json")
+    assert json.loads(out)[0]["tuned"] == (2 * 8 * 768 + 2 * 64 + 50 * 8) * 12
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "lora-x"], "unknown recipe 'lora-x'; known recipes"),
+        (["--budget", "0"], "budget must be a positive integer"),
+    ],
+)
+def test_params_bad_input_exits_2_with_a_message(capsys, argv, message):
+    code, _, err = run(capsys, "params", "--model", "bert-base", *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_params_missing_model_path(capsys, tmp_path):
+    code, _, err = run(capsys, "params", "--model", str(tmp_path / "nope"))
+    assert code == 2 and "memtune: error:" in err
