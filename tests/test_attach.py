@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import memtune
-from conftest import ARCHS, DECODERS, batch, logits, tiny_model
+from conftest import DECODERS, ENCODERS, batch, logits, tiny_model
 
 RECIPES = ["mt-f", "mt-m", "mt-mf"]
 
@@ -90,9 +90,8 @@ def test_lm_head_is_not_trained_by_default_but_task_heads_are():
     assert not frozen.classifier.weight.requires_grad
 
 
+@pytest.mark.parametrize("arch", ENCODERS)
 def test_token_classification_head(arch):
-    if arch in DECODERS:
-        pytest.skip("token classification is exercised on encoders")
     model = memtune.attach(tiny_model(arch, head="token"), memtune.recipe("mt-mf", budget=8))
     inputs = batch(arch, pad="right")
     assert logits(model, inputs).shape == (2, 7, 5)
