@@ -22,9 +22,16 @@ def model_config(name: str):
 
     if name.lower() in PAPER_CONFIGS:
         return BertConfig(**PAPER_CONFIGS[name.lower()])
-    from .models import resolve
+    from .models import PACKAGED, resolve
 
-    return AutoConfig.from_pretrained(resolve(name))
+    try:
+        return AutoConfig.from_pretrained(resolve(name))
+    except OSError as e:
+        raise MemtuneError(
+            f"cannot read a model config for {name!r}: it is not a Table II name ({', '.join(PAPER_CONFIGS)}), "
+            f"a packaged short name ({', '.join(PACKAGED)}) or a local model folder, and the hub did not provide "
+            f"it ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def meta_model(config, head: str, num_labels: int):
@@ -124,9 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except MemtuneError as e:
-        print(f"memtune: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. a model path that does not exist
         print(f"memtune: error: {e}", file=sys.stderr)
         return 2
 
