@@ -224,3 +224,19 @@ def test_flash_attention_models_get_a_clear_message():
     with pytest.raises(memtune.ArchitectureError, match="attn_implementation='sdpa'"):
         memtune.attach(model, memtune.recipe("prefix", budget=8))
     assert not hasattr(model, "memtune")
+
+
+def test_deepcopy_gives_an_independent_tuned_model():
+    model = memtune.attach(tiny_model("bert"), memtune.recipe("mt-mf", budget=8))
+    torch.nn.init.normal_(model.memtune.methods["memory"].blocks["0"].out.weight)
+    inputs = batch("bert")
+    expected = logits(model, inputs)
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(logits(twin, inputs), expected)
+    twin(**inputs, labels=torch.tensor([0, 1])).loss.backward()
+    assert twin.memtune.methods["memory"].blocks["0"].out.weight.grad is not None
+    assert model.memtune.methods["memory"].blocks["0"].out.weight.grad is None
+    memtune.detach(twin)
+    assert "memtune" not in twin.config._attn_implementation
+    assert "memtune" in model.config._attn_implementation  # the original keeps its methods
+    torch.testing.assert_close(logits(model, inputs), expected)

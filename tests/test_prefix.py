@@ -76,9 +76,10 @@ def test_prefixed_attention_is_eq9_mixture():
     torch.testing.assert_close(full, mixture)
 
 
-def test_prefix_mask_causal_is_bottom_right():
+def test_prefix_mask_causal_follows_sdpa_is_causal_and_shows_the_prefix():
+    # keys outnumber queries with no mask only when prefilling an empty static cache: top-left, like is_causal
     mask = prefix_mask(None, q_len=2, kv_len=4, prefix_len=3, causal=True, additive_dtype=None)
-    expected = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    expected = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
     assert torch.equal(mask[0, 0], expected)
     assert prefix_mask(None, 1, 4, 3, True, None) is None
     assert prefix_mask(None, 4, 4, 3, False, None) is None
@@ -204,3 +205,16 @@ def test_prefix_dropout_only_in_training():
     assert torch.equal(logits(model, inputs), logits(model, inputs))
     model.train()
     assert not torch.equal(logits(model, inputs), logits(model, inputs))
+
+
+@pytest.mark.parametrize("arch", DECODERS)
+def test_static_cache_generation_equals_dynamic(arch):
+    model = tiny_model(arch)
+    memtune.attach(model, memtune.recipe("mt-mf", budget=8))
+    inputs = batch(arch, batch_size=1)
+    run = lambda **kw: model.generate(  # noqa: E731
+        **inputs, max_new_tokens=4, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True, **kw
+    )
+    dynamic, static = run(), run(cache_implementation="static")
+    assert torch.equal(dynamic.sequences, static.sequences)
+    torch.testing.assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), rtol=1e-4, atol=1e-5)

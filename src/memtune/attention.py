@@ -34,14 +34,16 @@ def prefix_mask(
     """The attention mask for keys [prefix; keys]: every query sees the whole prefix.
 
     ``mask`` is the model's mask for the original keys (bool: True = attend; float: additive) or None.
-    With None and a causal layer, the causal mask is built aligned bottom-right (query i sees key j
-    iff j <= i + kv_len - q_len), which SDPA's ``is_causal`` would get wrong once keys outnumber queries.
+    With None and a causal layer, transformers meant SDPA's ``is_causal`` for the original keys (aligned
+    top-left: query i sees key j iff j <= i; keys only outnumber queries then when prefilling an empty
+    static cache). That mask is built explicitly for the original keys, and the prefix columns are put
+    in front: SDPA's own ``is_causal`` over [prefix; keys] would hide the prefix from early queries.
     ``additive_dtype`` converts a built bool mask to an additive one (for eager attention).
     """
     if mask is None:
         if not causal or q_len == 1:
             return None  # every key visible
-        mask = torch.ones(q_len, kv_len, dtype=torch.bool).tril(diagonal=kv_len - q_len)[None, None]  # (1, 1, q, kv)
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool).tril()[None, None]  # (1, 1, q, kv)
         if additive_dtype is not None:
             mask = torch.zeros(mask.shape, dtype=additive_dtype).masked_fill(~mask, torch.finfo(additive_dtype).min)
     visible = True if mask.dtype == torch.bool else 0.0
@@ -112,19 +114,28 @@ def _configs(model: nn.Module) -> list[Any]:
     return list(seen.values())
 
 
-class _Handle:
-    def __init__(self, undo: Callable[[], None]):
-        self._undo = undo
+class SetAttr:
+    """Sets ``obj.name = value`` now; ``remove()`` puts back what was there. An object, not a closure,
+    so that ``copy.deepcopy`` of a model maps it onto the copy's modules and configs."""
+
+    _ABSENT = object()
+
+    def __init__(self, obj: Any, name: str, value: Any):
+        self.obj, self.name, self.before = obj, name, getattr(obj, name, self._ABSENT)
+        setattr(obj, name, value)
 
     def remove(self) -> None:
-        self._undo()
+        if self.before is self._ABSENT:
+            delattr(self.obj, self.name)
+        else:
+            setattr(self.obj, self.name, self.before)
 
 
-def use_prefix_attention(model: nn.Module) -> _Handle:
-    """Route the model's attention through memtune's registered function; the handle restores it."""
+def use_prefix_attention(model: nn.Module) -> list[SetAttr]:
+    """Route the model's attention through memtune's registered function; the handles restore it."""
     current = model.config._attn_implementation or "eager"
     if current.startswith("memtune_"):
-        return _Handle(lambda: None)  # another prefix method already switched it
+        return []  # another prefix method already switched it
     if current not in SUPPORTED_INNER:
         raise ArchitectureError(
             f"memtune prefixes work with attn_implementation 'sdpa' or 'eager'; this model uses {current!r}. "
@@ -132,22 +143,14 @@ def use_prefix_attention(model: nn.Module) -> _Handle:
         )
     name = _register(current)
     configs = [c for c in _configs(model) if (c._attn_implementation or "eager") == current]
-    for config in configs:
-        config._attn_implementation = name
-
-    def undo():
-        for config in configs:
-            config._attn_implementation = current
-
-    return _Handle(undo)
+    return [SetAttr(config, "_attn_implementation", name) for config in configs]
 
 
-def install_interface_prefix(attention: nn.Module, method: nn.Module, j: int) -> _Handle:
+def install_interface_prefix(attention: nn.Module, method: nn.Module, j: int) -> SetAttr:
     """Mark ``attention`` so the registered function prepends ``method``'s layer-j prefix."""
     if hasattr(attention, PREFIX_ATTR):
         raise ArchitectureError(f"{type(attention).__name__} already carries a memtune prefix")
-    setattr(attention, PREFIX_ATTR, (method, j))
-    return _Handle(lambda: delattr(attention, PREFIX_ATTR))
+    return SetAttr(attention, PREFIX_ATTR, (method, j))
 
 
 def _widen(t: Any, length: int, seq_len: int) -> Any:

@@ -78,6 +78,17 @@ class MemoryBlock(nn.Module):
         attended = memory_attention(h, self.memory, query, self.key, self.value, self.scale)
         return self.out(self.output_norm(attended))  # dH: (..., n, d)
 
+    def update_ffn_output(self, module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+        """Forward hook on the FFN output module: H <- H + dH (Eq. 7, a = b = 1).
+
+        A bound method, not a closure, so that ``copy.deepcopy`` of a model hooks the copy's block."""
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"memtune: the FFN output module {type(module).__name__} returned {type(output).__name__}, not a "
+                f"tensor; point ArchSpec.ffn_output at a module that returns the FFN hidden states"
+            )
+        return output + self(output)
+
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         """softmax(Q K^T): how each token attends to the k slots (..., n, k), for visualisation."""
         q = self.query_norm(self.query(self.input_norm(h)))
@@ -144,7 +155,7 @@ class MemoryMethod(TunedMethod):
         layers = blocks(model, arch)
         for i in self.layer_indices:
             site = submodule(layers[i], arch.ffn_output, "the FFN output")
-            handles.add(site.register_forward_hook(_add_memory_update(self.blocks[str(i)])))
+            handles.add(site.register_forward_hook(self.blocks[str(i)].update_ffn_output))
 
     def backbone_trainable(self, model: nn.Module) -> list[str]:
         if not self.config.train_layer_norms:
@@ -160,15 +171,3 @@ class MemoryMethod(TunedMethod):
 
 def _is_layer_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
-
-
-def _add_memory_update(block: MemoryBlock):
-    def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(
-                f"memtune: the FFN output module {type(module).__name__} returned {type(output).__name__}, not a tensor; "
-                f"point ArchSpec.ffn_output at a module that returns the FFN hidden states"
-            )
-        return output + block(output)  # Eq. (7), a = b = 1
-
-    return hook

@@ -99,6 +99,6 @@ class PrefixMethod(TunedMethod):
             for j, attention in enumerate(attentions):
                 handles.extend(install_projection_prefix(attention, arch, self, j))
             return
-        handles.add(use_prefix_attention(model))
+        handles.extend(use_prefix_attention(model))
         for j, attention in enumerate(attentions):
             handles.add(install_interface_prefix(attention, self, j))
