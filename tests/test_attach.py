@@ -240,3 +240,13 @@ def test_deepcopy_gives_an_independent_tuned_model():
     assert "memtune" not in twin.config._attn_implementation
     assert "memtune" in model.config._attn_implementation  # the original keeps its methods
     torch.testing.assert_close(logits(model, inputs), expected)
+
+
+def test_layer_norms_trained_by_two_configs_are_counted_once():
+    model = memtune.attach(
+        tiny_model("bert"),
+        [memtune.MemoryConfig(slot_dim=4, layers=[0], train_layer_norms=True),
+         memtune.MemoryConfig(slot_dim=4, layers=[2], train_layer_norms=True)],
+    )
+    report = memtune.parameter_report(model)
+    assert report["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)

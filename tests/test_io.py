@@ -6,8 +6,13 @@ import torch
 from safetensors.torch import load_file
 
 import memtune
-from memtune.io import CONFIG_FILE, WEIGHTS_FILE
+from memtune.io import CONFIG_FILE
 from conftest import ARCHS, batch, logits, tiny_model
+
+
+def weights_of(folder):
+    """The weights file a checkpoint's config names."""
+    return folder / json.loads((folder / CONFIG_FILE).read_text())["weights"]["file"]
 
 
 def trained(arch, name="mt-mf", **kw):
@@ -37,7 +42,7 @@ def test_round_trip_gives_identical_outputs(arch, tmp_path):
 def test_saved_files_hold_only_the_stored_parameters(tmp_path):
     model = trained("bert")
     memtune.save(model, tmp_path)
-    tensors = load_file(tmp_path / WEIGHTS_FILE)
+    tensors = load_file(weights_of(tmp_path))
     config = json.loads((tmp_path / CONFIG_FILE).read_text())
     report = memtune.parameter_report(model)
     assert tensors["methods.prefix.prefix"].shape == (3, 4, 64)  # L x l x 2d: no reparameterisation network
@@ -102,7 +107,7 @@ def test_load_with_other_head_size_fails_cleanly(saved):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_corrupt_or_truncated_weights(saved, damage):
-    weights = saved / WEIGHTS_FILE
+    weights = weights_of(saved)
     data = weights.read_bytes()
     if damage == "truncate":
         weights.write_bytes(data[: len(data) // 2])
@@ -141,7 +146,7 @@ def test_not_a_checkpoint_and_not_attached(tmp_path):
 def test_crash_while_writing_leaves_the_old_checkpoint_loadable(saved, monkeypatch):
     import memtune.io as io
 
-    before = (saved / WEIGHTS_FILE).read_bytes()
+    before = weights_of(saved).read_bytes()
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
@@ -150,8 +155,32 @@ def test_crash_while_writing_leaves_the_old_checkpoint_loadable(saved, monkeypat
     with pytest.raises(OSError):
         memtune.save(trained("bert", name="mt-f"), saved)
     monkeypatch.undo()
-    assert (saved / WEIGHTS_FILE).read_bytes() == before and not list(saved.glob(".*tmp"))
+    assert weights_of(saved).read_bytes() == before and not list(saved.glob(".*tmp"))
     memtune.load(tiny_model("bert"), saved)
+
+
+def test_crash_between_weights_and_config_keeps_the_old_checkpoint(saved, monkeypatch):
+    import os
+
+    import memtune.io as io
+
+    replace, calls = os.replace, []
+
+    def crash_on_config(src, dst):
+        calls.append(dst)
+        if str(dst).endswith(CONFIG_FILE):
+            raise OSError("killed")
+        replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", crash_on_config)
+    with pytest.raises(OSError):
+        memtune.save(trained("bert", name="mt-f"), saved)
+    monkeypatch.undo()
+    assert len(calls) == 2  # the new weights landed, the config did not
+    fresh = memtune.load(tiny_model("bert"), saved)
+    assert list(fresh.memtune.methods) == ["prefix", "memory"]  # still the old (mt-mf) checkpoint
+    memtune.save(trained("bert", name="mt-f"), saved)
+    assert len(list(saved.glob("memtune_weights*.safetensors"))) == 1  # the orphan is swept
 
 
 def test_decoder_generation_after_load(tmp_path):
@@ -161,3 +190,31 @@ def test_decoder_generation_after_load(tmp_path):
     memtune.save(model, tmp_path)
     fresh = memtune.load(tiny_model("gpt2"), tmp_path)
     assert torch.equal(fresh.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=0), expected)
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    import os
+
+    memtune.save(trained("bert"), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert weights_of(tmp_path).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_load_with_an_explicit_arch_for_an_unregistered_model(tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    def distilbert():
+        torch.manual_seed(0)
+        return DistilBertModel(DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, hidden_dim=48)).eval()
+
+    spec = memtune.ArchSpec(layers="transformer.layer", ffn_output="ffn.dropout", self_attention="attention",
+                            ffn_input="ffn", query_proj="q_lin", value_proj="v_lin")
+    model = memtune.attach(distilbert(), memtune.recipe("mt-mf", budget=8), arch=spec)
+    ids = torch.randint(0, 50, (2, 5))
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state
+    memtune.save(model, tmp_path)
+    loaded = memtune.load(distilbert(), tmp_path, arch=spec)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).last_hidden_state, expected)

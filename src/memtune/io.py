@@ -2,10 +2,11 @@
 
     out/
       memtune_config.json        method configs, library version, base-model identity, weights checksum
-      memtune_weights.safetensors   "methods.<key>.<name>", "backbone.<name>", "head.<name>"
+      memtune_weights-<sha256 prefix>.safetensors   "methods.<key>.<name>", "backbone.<name>", "head.<name>"
 
-Each file is written to a temporary name and renamed into place, weights first; the config records the
-weights' sha256, so a crash between the two renames or a damaged file is detected at load.
+Each file is written to a temporary name and renamed into place: first the weights, under a name that
+holds their checksum, then the config that names them; weights files no config names are removed last.
+A crash at any point leaves the old checkpoint or the new one loadable, never a mix.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from .tuning import STATE_ATTR, attach, detach, identity_of, is_transformers_mod
 from .version import FORMAT_VERSION, __version__
 
 CONFIG_FILE = "memtune_config.json"
-WEIGHTS_FILE = "memtune_weights.safetensors"
+WEIGHTS_PREFIX = "memtune_weights"
 _IDENTITY_KEYS = ("model_type", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size", "fingerprint")
 
 
@@ -36,7 +37,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is as readable as any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -69,6 +73,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"{folder} exists and is not a folder; choose another path")
     weights = to_safetensors(stored_tensors(model), metadata={"format": "pt", "memtune_version": __version__})
+    digest = hashlib.sha256(weights).hexdigest()
+    weights_file = f"{WEIGHTS_PREFIX}-{digest[:16]}.safetensors"
     config = {
         "format_version": FORMAT_VERSION,
         "memtune_version": __version__,
@@ -78,11 +84,14 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "methods": [m.config.to_dict() for m in state.methods.values()],
         "method_keys": list(state.methods.keys()),
         "base_model": state.identity,
-        "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights)},
+        "weights": {"file": weights_file, "sha256": digest, "bytes": len(weights)},
         "parameters": {k: v for k, v in parameter_report(model).items()},
     }
-    atomic_write(folder / WEIGHTS_FILE, weights)
+    atomic_write(folder / weights_file, weights)
     atomic_write(folder / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    for old in folder.glob(f"{WEIGHTS_PREFIX}*.safetensors"):
+        if old.name != weights_file:
+            old.unlink()
     return folder
 
 
@@ -113,7 +122,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 def _read_weights(folder: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
     from safetensors.torch import load as from_safetensors
 
-    file = folder / config["weights"].get("file", WEIGHTS_FILE)
+    file = folder / Path(str(config["weights"].get("file", ""))).name
     if not file.is_file():
         raise CheckpointError(f"{file} is missing; the checkpoint is incomplete")
     data = file.read_bytes()
@@ -128,8 +137,8 @@ def _read_weights(folder: Path, config: dict[str, Any]) -> dict[str, torch.Tenso
         raise CheckpointError(f"{file} is not a readable safetensors file ({e})") from None
 
 
-def _check_identity(saved: dict[str, Any], model: nn.Module, folder: Path) -> None:
-    current = identity_of(model, dims_of(model, arch_for(model)))
+def _check_identity(saved: dict[str, Any], model: nn.Module, folder: Path, arch=None) -> None:
+    current = identity_of(model, dims_of(model, arch_for(model, arch)))
     diffs = [
         f"{k}: checkpoint {saved.get(k)!r}, model {current.get(k)!r}"
         for k in _IDENTITY_KEYS
@@ -159,7 +168,7 @@ def load(model: nn.Module, path: str | os.PathLike, *, arch=None, check_base: bo
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid method config: {e}") from None
     if check_base:
-        _check_identity(config["base_model"], model, folder)
+        _check_identity(config["base_model"], model, folder, arch)
     tensors = _read_weights(folder, config)
     recipe = Recipe(config["recipe"], config.get("budget") or 0, configs) if config.get("recipe") else configs
     attach(model, recipe, arch=arch, train_head=config.get("train_head"))

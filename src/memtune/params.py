@@ -32,8 +32,11 @@ def parameter_report(model: nn.Module) -> dict[str, Any]:
         return report
     state = state_of(model)
     params = dict(model.named_parameters())
+    counted: set[str] = set()
     for key, method in state.methods.items():
-        extra = sum(params[n].numel() for n in state.backbone_names[key])
+        own_backbone = [n for n in state.backbone_names[key] if n not in counted]  # a LayerNorm counts once
+        counted.update(own_backbone)
+        extra = sum(params[n].numel() for n in own_backbone)
         tuned = sum(p.numel() for p in method.parameters()) + extra
         stored = sum(t.numel() for t in method.stored_state().values()) + extra
         report["methods"][key] = {
