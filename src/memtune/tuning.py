@@ -36,9 +36,6 @@ class TuningState(nn.Module):
         self.backbone_names: dict[str, list[str]] = {}  # method key -> backbone parameters it trains
         self.head_names: list[str] = []
 
-    def configs(self) -> list[MethodConfig]:
-        return [m.config for m in self.methods.values()]
-
 
 def is_transformers_model(model: Any) -> bool:
     from transformers import PreTrainedModel

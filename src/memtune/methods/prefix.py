@@ -7,15 +7,12 @@ the reparameterisation is dropped and only the l x 2 x L x d prefix is stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..attention import install_interface_prefix, install_projection_prefix, use_prefix_attention
-from ..errors import ConfigError
 from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, probability, register_method
 
 
