@@ -67,7 +67,7 @@ def _make_attention(inner: str) -> Callable:
         site = getattr(module, PREFIX_ATTR, None)
         if site is not None:
             method, j = site
-            prefix_key, prefix_value = method.key_values(j)  # (H_kv, l, hd) each
+            prefix_key, prefix_value = method.key_values(j)  # (H_kv, l, hd) each, or (B, H_kv, l, hd) gated
             batch = key.shape[0]
             causal = kwargs.get("is_causal")
             causal = getattr(module, "is_causal", True) if causal is None else causal
@@ -75,7 +75,7 @@ def _make_attention(inner: str) -> Callable:
                 attention_mask,
                 query.shape[2],
                 key.shape[2],
-                prefix_key.shape[1],
+                prefix_key.shape[-2],
                 bool(causal),
                 query.dtype if inner == "eager" else None,
             )
@@ -181,8 +181,8 @@ def install_projection_prefix(attention: nn.Module, arch: ArchSpec, method: nn.M
 
     def replace_rows(index: int):
         def hook(module, inputs, output):
-            prefix = method.key_values(j)[index]  # (H, l, hd)
-            prefix = prefix.permute(1, 0, 2).reshape(length, -1).to(output.dtype)  # (l, H*hd)
+            prefix = method.key_values(j)[index]  # (H, l, hd), or (B, H, l, hd) when gated
+            prefix = prefix.transpose(-3, -2).flatten(-2).to(output.dtype)  # (l, H*hd) or (B, l, H*hd)
             return torch.cat([prefix.expand(output.shape[0], -1, -1), output[:, length:]], dim=1)
 
         return hook

@@ -31,8 +31,10 @@ class TuningState(nn.Module):
         self.recipe_budget = recipe.budget if recipe else None
         self.train_head, self.identity = train_head, identity
         self.handles = HookHandles()
-        self.requires_grad_before: dict[str, bool] = {}
-        self.originals: dict[str, torch.Tensor] = {}  # backbone/head tensors that train, as at attach
+        self.requires_grad_before: dict[str, bool] = {}  # by name, before any method was installed
+        # (parameter, copy at attach) of backbone/head tensors that train; by object, not name, because
+        # a method that wraps modules (LoRA) renames the parameters it wraps while installed
+        self.originals: list[tuple[nn.Parameter, torch.Tensor]] = []
         self.backbone_names: dict[str, list[str]] = {}  # method key -> backbone parameters it trains
         self.head_names: list[str] = []
 
@@ -64,7 +66,9 @@ def _configs(configs: Any) -> tuple[list[MethodConfig], Recipe | None]:
 
 
 def _check_conflicts(configs: list[MethodConfig], dims: Dims) -> None:
-    """Two configs of one method may share no layer: they would claim the same site twice."""
+    """Two configs of one method may share no layer: they would claim the same site twice.
+
+    (Backbone parameters trained by two different methods are caught later, by ``_claim_backbone``.)"""
     claimed: dict[tuple[str, int], int] = {}
     for n, config in enumerate(configs):
         for layer in config.layer_indices(dims):
@@ -76,9 +80,15 @@ def _check_conflicts(configs: list[MethodConfig], dims: Dims) -> None:
                 )
 
 
+def _method_parameter_ids(model: nn.Module) -> set[int]:
+    """Parameters that belong to memtune's methods, including those a method put inside the backbone (LoRA)."""
+    state = getattr(model, STATE_ATTR, None)
+    return {id(p) for p in state.parameters()} if isinstance(state, TuningState) else set()
+
+
 def backbone_named_parameters(model: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
     """The pretrained model's own parameters: those of ``model.base_model``, named from ``model``."""
-    base = {id(p) for p in model.base_model.parameters()}
+    base = {id(p) for p in model.base_model.parameters()} - _method_parameter_ids(model)
     for name, p in model.named_parameters():
         if id(p) in base and not name.startswith(STATE_ATTR + "."):
             yield name, p
@@ -86,8 +96,13 @@ def backbone_named_parameters(model: nn.Module) -> Iterable[tuple[str, nn.Parame
 
 def head_parameter_names(model: nn.Module) -> list[str]:
     """Parameters outside the backbone and memtune: the task head (tied LM heads are backbone)."""
-    base = {id(p) for p in model.base_model.parameters()}
+    base = {id(p) for p in model.base_model.parameters()} | _method_parameter_ids(model)
     return [n for n, p in model.named_parameters() if id(p) not in base and not n.startswith(STATE_ATTR + ".")]
+
+
+def canonical_name(name: str) -> str:
+    """A backbone parameter's name as in the bare model (a wrapping method inserts ``base_layer``)."""
+    return name.replace(".base_layer.", ".")
 
 
 def fingerprint(model: nn.Module) -> str | None:
@@ -101,7 +116,7 @@ def fingerprint(model: nn.Module) -> str | None:
             return None
         flat = p.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 64)][:64]
-        digest.update(f"{name}:{tuple(p.shape)};".encode())
+        digest.update(f"{canonical_name(name)}:{tuple(p.shape)};".encode())
         digest.update(sample.to(torch.bfloat16).float().cpu().numpy().tobytes())
     return "sha256:" + digest.hexdigest()
 
@@ -169,31 +184,59 @@ def attach(
     dtype, device = _backbone_dtype_device(model)
     state.to(device=device, dtype=dtype)
     state.train(model.training)  # follow the model's train/eval mode (dropout)
+    state.requires_grad_before = {n: p.requires_grad for n, p in model.named_parameters()}
     model.add_module(STATE_ATTR, state)
     try:
         for method in state.methods.values():
             method.install(model, spec, state.handles)
+        _set_trainable(model, state)
     except Exception:
-        state.handles.remove()
-        delattr(model, STATE_ATTR)
+        _undo(model, state, restore=False)
         raise
-    _set_trainable(model, state)
     return model
 
 
-def _set_trainable(model: nn.Module, state: TuningState) -> None:
-    params = dict(model.named_parameters())
-    state.requires_grad_before = {n: p.requires_grad for n, p in params.items() if not n.startswith(STATE_ATTR + ".")}
-    for name in state.requires_grad_before:
-        params[name].requires_grad_(False)
+def _claim_backbone(model: nn.Module, state: TuningState) -> None:
+    """Which backbone parameters each method trains; two different methods may not claim one parameter."""
+    owner: dict[str, str] = {}
     for key, method in state.methods.items():
-        state.backbone_names[key] = method.backbone_trainable(model)
+        names = method.backbone_trainable(model)
+        for name in names:
+            other = owner.setdefault(name, key)
+            if other != key and state.methods[other].config.method != method.config.method:
+                raise MemtuneError(
+                    f"methods {other!r} and {key!r} both train the backbone parameter {name!r}; "
+                    f"drop one of them (e.g. full fine-tuning already trains every bias BitFit would)"
+                )
+        state.backbone_names[key] = names
+
+
+def _set_trainable(model: nn.Module, state: TuningState) -> None:
+    _claim_backbone(model, state)
+    params = dict(model.named_parameters())
+    for p in params.values():
+        p.requires_grad_(False)
     state.head_names = _head_to_train(model, state.train_head)
-    for name in [n for names in state.backbone_names.values() for n in names] + state.head_names:
-        state.originals[name] = params[name].detach().clone()
+    trained = dict.fromkeys([n for names in state.backbone_names.values() for n in names] + state.head_names)
+    for name in trained:
+        state.originals.append((params[name], params[name].detach().clone()))
         params[name].requires_grad_(True)
     for p in state.parameters():
         p.requires_grad_(True)
+
+
+def _undo(model: nn.Module, state: TuningState, restore: bool) -> None:
+    """Remove the hooks and wrappers, then put back trained tensors (if ``restore``) and ``requires_grad``."""
+    state.handles.remove()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        if restore:
+            for param, original in state.originals:
+                param.copy_(original)
+        for name, flag in state.requires_grad_before.items():
+            if name in params:
+                params[name].requires_grad_(flag)
+    delattr(model, STATE_ATTR)
 
 
 def _head_to_train(model: nn.Module, train_head: bool | None) -> list[str]:
@@ -214,16 +257,26 @@ def detach(model: nn.Module, *, restore: bool = True) -> nn.Module:
     With ``restore`` (default) the backbone and head tensors that trained are put back as they were
     at ``attach``, so the original model comes back bit for bit. ``restore=False`` keeps them trained.
     """
+    _undo(model, state_of(model), restore)
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold the trained methods into the backbone weights and remove memtune: a plain model for inference.
+
+    Only methods that change weights can be merged: LoRA (W <- W + s W_down W_up), BitFit and full
+    fine-tuning. Prefixes, memories and adapters add computation and must stay attached (or be saved).
+    """
     state = state_of(model)
-    state.handles.remove()
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        if restore:
-            for name, original in state.originals.items():
-                params[name].copy_(original)
-        for name, flag in state.requires_grad_before.items():
-            params[name].requires_grad_(flag)
-    delattr(model, STATE_ATTR)
+    fixed = [f"{key} ({method.config.method})" for key, method in state.methods.items() if not method.mergeable]
+    if fixed:
+        raise MemtuneError(
+            f"cannot merge {', '.join(fixed)} into the weights: only LoRA (ungated), BitFit and full fine-tuning "
+            f"can be merged; keep the model attached, or memtune.save it"
+        )
+    for method in state.methods.values():
+        method.merge()
+    _undo(model, state, restore=False)
     return model
 
 

@@ -1,5 +1,8 @@
 """Tuning methods: one module per method (config dataclass + module that installs itself) and recipes."""
+from .adapter import AdapterConfig
+from .backbone import BitFitConfig, FullConfig
 from .base import METHODS, MethodConfig, TunedMethod, register_method
+from .lora import LoraConfig
 from .memory import MemoryBlock, MemoryConfig
 from .prefix import PrefixConfig
 from .recipes import RECIPES, Recipe, recipe
@@ -9,6 +12,10 @@ __all__ = [
     "MethodConfig",
     "TunedMethod",
     "register_method",
+    "AdapterConfig",
+    "BitFitConfig",
+    "FullConfig",
+    "LoraConfig",
     "MemoryBlock",
     "MemoryConfig",
     "PrefixConfig",

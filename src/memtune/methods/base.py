@@ -94,6 +94,9 @@ class MethodConfig:
 class TunedMethod(nn.Module):
     """A method's parameters plus the hooks that put them into a model."""
 
+    mergeable: bool = False
+    """True if ``merge()`` can fold the method into the backbone weights (LoRA, BitFit, full fine-tuning)."""
+
     def __init__(self, config: MethodConfig):
         super().__init__()
         self.config = config
@@ -115,6 +118,10 @@ class TunedMethod(nn.Module):
 
     def load_stored(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state, strict=True)
+
+    def merge(self) -> None:
+        """Fold the method into the backbone weights, so that removing its hooks keeps its effect."""
+        raise ConfigError(f"the {self.config.method!r} method cannot be merged into the backbone weights")
 
 
 class HookHandles:

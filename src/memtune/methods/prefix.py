@@ -7,6 +7,8 @@ the reparameterisation is dropped and only the l x 2 x L x d prefix is stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,6 +28,9 @@ class PrefixConfig(MethodConfig):
     hidden: int | None = help_field(None, "Hidden size m of the reparameterisation network; None = d (paper).")
     reparameterize: bool = help_field(True, "Train through Embedding -> Linear -> tanh -> Linear (P-tuning v2).")
     dropout: float = help_field(0.0, "Dropout on the prefix keys/values while training (authors' code: 0.1).")
+    gate: bool = help_field(
+        False, "UniPELT: scale each example's prefix keys and values by learned gates (mean over its tokens)."
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,6 +60,9 @@ class PrefixMethod(TunedMethod):
             self.up = nn.Linear(hidden, n_layers * self.width)  # m -> 2 L d
         else:
             self.prefix = nn.Parameter(torch.randn(n_layers, self.length, self.width))  # (L, l, 2 d)
+        if config.gate:  # UniPELT's G_P: one key gate and one value gate per layer, from the layer's input
+            self.gates = nn.ModuleDict({str(j): nn.Linear(dims.hidden, 2) for j in range(n_layers)})
+        self._gate_values: dict[int, torch.Tensor] = {}
 
     @property
     def reparameterized(self) -> bool:
@@ -69,10 +77,20 @@ class PrefixMethod(TunedMethod):
         return F.linear(hidden, self.up.weight[rows], self.up.bias[rows])  # (l, 2 d_kv)
 
     def key_values(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer j's prefix keys and values, each (kv_heads, l, head_dim)."""
+        """Layer j's prefix keys and values, each (kv_heads, l, head_dim); (B, kv_heads, l, head_dim) gated."""
         kv = F.dropout(self.layer_prefix(j), self.config.dropout, self.training)
         kv = kv.view(self.length, 2, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)  # (2, H_kv, l, hd)
-        return kv[0], kv[1]
+        if not self.config.gate:
+            return kv[0], kv[1]
+        gates = self._gate_values[j]  # (B, 2)
+        return kv[0] * gates[:, 0, None, None, None], kv[1] * gates[:, 1, None, None, None]  # (B, H_kv, l, hd)
+
+    def remember_gates(self, j: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on layer j's attention: G_P = mean over tokens of sigmoid(x W_g + b_g), (B, 2).
+
+        As in AdapterHub's UniPELT, the mean runs over every position of the input, padding included."""
+        hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, d)
+        self._gate_values[j] = torch.sigmoid(self.gates[str(j)](hidden)).mean(dim=1)
 
     def full_prefix(self) -> torch.Tensor:
         """All tuned layers' prefixes, (L, l, 2 d_kv): the stored form."""
@@ -87,11 +105,15 @@ class PrefixMethod(TunedMethod):
             self.prefix = nn.Parameter(prefix)
 
     def stored_state(self) -> dict[str, torch.Tensor]:
-        return {"prefix": self.full_prefix().detach()}
+        gates = {f"gates.{k}": v for k, v in self.gates.state_dict().items()} if self.config.gate else {}
+        return {"prefix": self.full_prefix().detach(), **gates}
 
     def install(self, model: nn.Module, arch: ArchSpec, handles: HookHandles) -> None:
         layers = blocks(model, arch)
         attentions = [submodule(layers[i], arch.self_attention, "the self-attention") for i in self.layer_indices]
+        if self.config.gate:  # first, so that the gates see the layer's own input
+            for j, attention in enumerate(attentions):
+                handles.add(attention.register_forward_pre_hook(partial(self.remember_gates, j), with_kwargs=True))
         if arch.prefix_seam == "projection":
             for j, attention in enumerate(attentions):
                 handles.extend(install_projection_prefix(attention, arch, self, j))

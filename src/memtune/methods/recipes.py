@@ -1,7 +1,8 @@
 """Named recipes: the paper's methods as lists of method configs, scaled by one parameter budget.
 
 The budget is the paper's alignment knob (Sec. IV-A, "Parameter Alignment"): prefix length l, memory
-slot size s (and, for baselines, bottleneck r) are set to it; a composite splits it (l + s = budget).
+slot size s and adapter bottleneck r are set to it; LoRA's rank is half of it (4drL = 2drL at r = 32);
+a composite splits it (l + s = budget for MT-MF, l + r for MAM); full fine-tuning and BitFit ignore it.
 """
 from __future__ import annotations
 
@@ -10,17 +11,23 @@ from typing import Callable
 
 from ..errors import ConfigError
 from .base import MethodConfig, positive_int
+from .adapter import AdapterConfig
+from .backbone import BitFitConfig, FullConfig
+from .lora import LoraConfig
 from .memory import MemoryConfig
 from .prefix import PrefixConfig
 
 
 @dataclass
 class Recipe:
-    """A named, budgeted list of method configs; ``attach`` accepts it wherever it accepts configs."""
+    """A named, budgeted list of method configs; ``attach`` accepts it wherever it accepts configs.
+
+    ``learning_rate`` is the paper's setting for the method (2e-5 for full fine-tuning, 1e-4 otherwise)."""
 
     name: str
     budget: int
     configs: list[MethodConfig] = field(default_factory=list)
+    learning_rate: float = 1e-4
 
     def __iter__(self):
         return iter(self.configs)
@@ -35,11 +42,42 @@ def _split(budget: int) -> tuple[int, int]:
     return budget // 2, budget - budget // 2
 
 
-RECIPES: dict[str, tuple[str, Callable[[int], list[MethodConfig]]]] = {
-    "mt-f": ("memory on every FFN output: s = budget, k = 50", lambda b: [MemoryConfig(slot_dim=b)]),
-    "mt-m": ("prefix tuning as memory on attention: l = budget, m = d", lambda b: [PrefixConfig(prefix_length=b)]),
-    "prefix": ("P-tuning v2 prefix (same as mt-m): l = budget, m = d", lambda b: [PrefixConfig(prefix_length=b)]),
-    "mt-mf": (
+def _mam(budget: int) -> list[MethodConfig]:
+    """MAM (He et al. 2022): l + r = budget with l = r up to 32; beyond, l = 8 and r = budget (paper Sec. IV-D)."""
+    length, bottleneck = _split(budget) if budget <= 32 else (8, budget)
+    return [PrefixConfig(prefix_length=length), AdapterConfig(bottleneck=bottleneck, placement="parallel", scale=4.0)]
+
+
+def _unipelt(budget: int) -> list[MethodConfig]:
+    """UniPELT (Mao et al. 2022): gated prefix l = 10, adapter r = 16, LoRA r = 8 at 32, scaled with the budget."""
+    length, bottleneck, rank = (max(1, (n * budget + 16) // 32) for n in (10, 16, 8))  # rounded half up
+    return [
+        PrefixConfig(prefix_length=length, gate=True),
+        AdapterConfig(bottleneck=bottleneck, gate=True),
+        LoraConfig(rank=rank, gate=True),
+    ]
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    help: str
+    build: Callable[[int], list[MethodConfig]]
+    learning_rate: float = 1e-4
+
+
+RECIPES: dict[str, RecipeSpec] = {
+    "ft": RecipeSpec("full fine-tuning: every backbone parameter (budget unused)", lambda b: [FullConfig()], 2e-5),
+    "bitfit": RecipeSpec("BitFit: every bias of the backbone (budget unused)", lambda b: [BitFitConfig()]),
+    "adapter": RecipeSpec(
+        "Pfeiffer adapter on every FFN output, ReLU, residual: r = budget", lambda b: [AdapterConfig(bottleneck=b)]
+    ),
+    "lora": RecipeSpec("LoRA (peft) on query and value: r = budget / 2", lambda b: [LoraConfig(rank=_split(b)[0])]),
+    "prefix": RecipeSpec("P-tuning v2 prefix (same as mt-m): l = budget, m = d", lambda b: [PrefixConfig(prefix_length=b)]),
+    "mam": RecipeSpec("MAM: prefix + scaled parallel adapter (s = 4): l + r = budget, l = r up to 32, else l = 8, r = budget", _mam),
+    "unipelt": RecipeSpec("UniPELT: gated prefix + adapter + LoRA: l, r, r_LoRA = 10, 16, 8 x budget / 32", _unipelt),
+    "mt-f": RecipeSpec("memory on every FFN output: s = budget, k = 50", lambda b: [MemoryConfig(slot_dim=b)]),
+    "mt-m": RecipeSpec("prefix tuning as memory on attention: l = budget, m = d", lambda b: [PrefixConfig(prefix_length=b)]),
+    "mt-mf": RecipeSpec(
         "prefix + memory: l = s = budget / 2, k = 50",
         lambda b: [PrefixConfig(prefix_length=_split(b)[0]), MemoryConfig(slot_dim=_split(b)[1])],
     ),
@@ -57,4 +95,5 @@ def recipe(name: str, budget: int = 32) -> Recipe:
     if key not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
     positive_int(budget, "budget")
-    return Recipe(key, budget, RECIPES[key][1](budget))
+    spec = RECIPES[key]
+    return Recipe(key, budget, spec.build(budget), spec.learning_rate)
