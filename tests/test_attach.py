@@ -154,7 +154,7 @@ def test_model_moves_with_its_methods():
         (lambda: memtune.PrefixConfig(dropout=1.5), "dropout"),
         (lambda: memtune.PrefixConfig(layers=[]), "layers"),
         (lambda: memtune.PrefixConfig(layers=[1, 1]), "twice"),
-        (lambda: memtune.recipe("mt-x"), "known recipes: mt-f, mt-m, prefix, mt-mf"),
+        (lambda: memtune.recipe("mt-x"), "known recipes: ft, bitfit, adapter, lora, prefix, mam, unipelt, mt-f, mt-m, mt-mf"),
         (lambda: memtune.recipe("mt-mf", budget=0), "budget"),
         (lambda: memtune.recipe("mt-mf", budget=1), "budget >= 2"),
         (lambda: memtune.recipe("mt-f", budget="32"), "budget"),
