@@ -1,0 +1,400 @@
+"""Baselines (full fine-tuning, BitFit, adapters, LoRA, MAM, UniPELT) in the same API as memory-tuning.
+
+A matrix of architectures x recipes checks attach/train/save/load/detach; reference tests compare each
+method with an independent computation (explicit formulas, peft's own PeftModel).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+import memtune
+from memtune.errors import ArchitectureError, ConfigError, MemtuneError
+from memtune.tuning import backbone_named_parameters
+
+from conftest import ARCHS, ENCODERS, batch, logits, tiny_model
+
+RECIPES = ["ft", "bitfit", "adapter", "lora", "prefix", "mam", "unipelt", "mt-f", "mt-mf"]
+NO_OP = {"ft", "bitfit", "adapter", "lora", "mt-f"}  # exact no-ops at attach (prefixes are not, by design)
+
+
+def _applies(arch: str, name: str) -> bool:
+    return not (arch == "llama" and name == "bitfit")  # Llama has no biases
+
+
+MATRIX = [(a, r) for a in ARCHS for r in RECIPES if _applies(a, r)]
+
+
+def _loss(model, inputs):
+    out = model(**inputs)
+    return out.logits.float().pow(2).mean()
+
+
+def _train_step(model, inputs, lr=0.05):
+    """One SGD step on every trainable parameter, big enough to move all of them."""
+    model.train()
+    _loss(model, inputs).backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.add_(torch.randn_like(p) * lr)  # random, so zero-initialised parts move too
+                p.grad = None
+    model.eval()
+
+
+@pytest.mark.parametrize("arch,name", MATRIX)
+def test_attach_is_a_no_op_where_the_method_says_so(arch, name):
+    model = tiny_model(arch)
+    inputs = batch(arch, pad="right" if arch in ENCODERS else "left")
+    before = logits(model, inputs)
+    memtune.attach(model, memtune.recipe(name, budget=8))
+    after = logits(model, inputs)
+    if name in NO_OP:
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    else:
+        assert not torch.allclose(after, before, atol=1e-6)  # a prefix changes attention from the start
+
+
+@pytest.mark.parametrize("arch,name", MATRIX)
+def test_only_the_methods_parameters_and_the_head_get_gradients(arch, name):
+    model = tiny_model(arch)
+    memtune.attach(model, memtune.recipe(name, budget=8))
+    state = model.memtune
+    trained = {id(p) for p in state.parameters()}
+    params = dict(model.named_parameters())
+    trained |= {id(params[n]) for names in state.backbone_names.values() for n in names}
+    trained |= {id(params[n]) for n in state.head_names}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == trained
+    model.train()
+    _loss(model, batch(arch)).backward()
+    for n, p in model.named_parameters():
+        if id(p) not in trained:
+            assert p.grad is None, n
+    for key, method in state.methods.items():  # every method takes part in the forward
+        own = list(method.parameters()) + [params[n] for n in state.backbone_names[key]]
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in own), key
+
+
+@pytest.mark.parametrize("arch,name", MATRIX)
+def test_train_save_load_detach_round_trip(arch, name, tmp_path):
+    model = tiny_model(arch)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    inputs = batch(arch, pad="right" if arch in ENCODERS else "left")
+    before = logits(model, inputs)
+    memtune.attach(model, memtune.recipe(name, budget=8))
+    _train_step(model, inputs)
+    trained = logits(model, inputs)
+    assert not torch.allclose(trained, before, atol=1e-6)
+    memtune.save(model, tmp_path / "ckpt")
+
+    fresh = memtune.load(tiny_model(arch), tmp_path / "ckpt")
+    torch.testing.assert_close(logits(fresh, inputs), trained, rtol=1e-5, atol=1e-5)
+    assert memtune.parameter_report(fresh)["stored"] == memtune.parameter_report(model)["stored"]
+
+    memtune.detach(model)
+    torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
+    assert {n: p for n, p in model.named_parameters()}.keys() == original.keys()
+    for n, p in model.named_parameters():
+        assert torch.equal(p, original[n]), n
+
+
+def test_recipes_scale_with_the_budget():
+    def fields(name, budget):
+        return [(c.method, {k: v for k, v in c.to_dict().items() if k in ("prefix_length", "bottleneck", "rank", "slot_dim")})
+                for c in memtune.recipe(name, budget).configs]
+
+    assert fields("adapter", 32) == [("adapter", {"bottleneck": 32})]
+    assert fields("lora", 32) == [("lora", {"rank": 16})]
+    assert fields("prefix", 32) == [("prefix", {"prefix_length": 32})]
+    assert fields("mam", 32) == [("prefix", {"prefix_length": 16}), ("adapter", {"bottleneck": 16})]
+    assert fields("mam", 8) == [("prefix", {"prefix_length": 4}), ("adapter", {"bottleneck": 4})]
+    assert fields("mam", 128) == [("prefix", {"prefix_length": 8}), ("adapter", {"bottleneck": 128})]  # paper Sec. IV-D
+    assert fields("unipelt", 32) == [("prefix", {"prefix_length": 10}), ("adapter", {"bottleneck": 16}), ("lora", {"rank": 8})]
+    assert fields("unipelt", 64) == [("prefix", {"prefix_length": 20}), ("adapter", {"bottleneck": 32}), ("lora", {"rank": 16})]
+    assert fields("mt-mf", 32) == [("prefix", {"prefix_length": 16}), ("memory", {"slot_dim": 16})]
+    mam = memtune.recipe("mam").configs[1]
+    assert (mam.placement, mam.scale) == ("parallel", 4.0)
+    assert memtune.recipe("ft").learning_rate == 2e-5 and memtune.recipe("mt-mf").learning_rate == 1e-4
+    with pytest.raises(ConfigError, match="budget must be a positive integer"):
+        memtune.recipe("lora", 0)
+    with pytest.raises(ConfigError, match="budget >= 2"):
+        memtune.recipe("lora", 1)
+
+
+# --- reference tests: each method against an independent computation --------------------------------
+
+
+def _bert_layer_reference(layer, x, adapter_delta):
+    """One BERT layer by hand: attention, then LN(dense(act(intermediate)) + adapter + attention output)."""
+    attention = layer.attention(x)[0]  # (B, T, d): the FFN's input
+    h = layer.output.dense(layer.intermediate(attention))  # the FFN output H (dropout off)
+    return layer.output.LayerNorm(h + adapter_delta(h, attention) + attention)
+
+
+def _random_adapter(model):
+    with torch.no_grad():
+        for block in memtune.methods_of(model)["adapter"].blocks.values():
+            for p in block.parameters():
+                p.normal_(0, 0.3)
+    return memtune.methods_of(model)["adapter"].blocks["1"]
+
+
+@pytest.mark.parametrize("placement,scale", [("sequential", 1.0), ("parallel", 4.0)])
+def test_adapter_equals_equation_4_on_a_bert_layer(placement, scale):
+    model = tiny_model("bert")
+    memtune.attach(model, memtune.AdapterConfig(bottleneck=6, placement=placement, scale=scale))
+    block = _random_adapter(model)
+    layer = model.bert.encoder.layer[1]
+    x = torch.randn(2, 5, 32)
+
+    def delta(h, ffn_input):
+        source = h if placement == "sequential" else ffn_input
+        return scale * (torch.relu(source @ block.down.weight.T + block.down.bias) @ block.up.weight.T + block.up.bias)
+
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x)[0] if isinstance(layer(x), tuple) else layer(x), _bert_layer_reference(layer, x, delta))
+
+
+def test_parallel_adapter_on_a_pre_norm_decoder_reads_the_mlp_input():
+    model = tiny_model("gpt2")
+    memtune.attach(model, memtune.AdapterConfig(bottleneck=6, placement="parallel", scale=4.0))
+    block = _random_adapter(model)
+    mlp = model.transformer.h[1].mlp
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = mlp.dropout(mlp.c_proj(mlp.act(mlp.c_fc(x)))) + 4.0 * block.up(torch.relu(block.down(x)))
+        torch.testing.assert_close(mlp(x), expected)
+
+
+def test_adapter_gate_multiplies_the_update_per_token():
+    model = tiny_model("bert")
+    memtune.attach(model, memtune.AdapterConfig(bottleneck=6, gate=True))
+    block = _random_adapter(model)
+    h = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        plain = block.up(torch.relu(block.down(h)))
+        torch.testing.assert_close(block(h), plain * torch.sigmoid(h @ block.gate.weight.T + block.gate.bias))
+
+
+def _copy_lora(ours, theirs):
+    """Give peft's PeftModel the LoRA matrices memtune holds (after randomising them)."""
+    method = memtune.methods_of(ours)["lora"]
+    names = {id(m): n for n, m in ours.named_modules()}
+    with torch.no_grad():
+        for pair in method.lora.values():
+            pair["A"].weight.normal_(0, 0.3)
+            pair["B"].weight.normal_(0, 0.3)
+        for pair in method.lora.values():
+            for part in ("A", "B"):
+                name = names[id(pair[part])].replace(f".{method.adapter}", ".default")
+                theirs.get_submodule("base_model.model." + name).weight.copy_(pair[part].weight)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_lora_equals_peft_on_query_and_value(arch):
+    base = tiny_model(arch)
+    ours = memtune.attach(copy.deepcopy(base), memtune.LoraConfig(rank=4, scaling=2.0))
+    targets = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}[arch]
+    theirs = get_peft_model(
+        copy.deepcopy(base), PeftLoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=arch == "gpt2")
+    )
+    _copy_lora(ours, theirs)
+    inputs = batch(arch)
+    torch.testing.assert_close(logits(ours, inputs), logits(theirs, inputs), rtol=1e-5, atol=1e-5)
+    n_peft = sum(p.numel() for n, p in theirs.named_parameters() if "lora_" in n)
+    assert memtune.parameter_report(ours)["methods"]["lora"]["tuned"] == n_peft
+
+
+def test_lora_update_is_equation_6():
+    model = memtune.attach(tiny_model("bert"), memtune.LoraConfig(rank=4, scaling=3.0, layers=[0]))
+    pair = memtune.methods_of(model)["lora"].lora["0_query"]
+    with torch.no_grad():
+        pair["B"].weight.normal_()
+        query = model.bert.encoder.layer[0].attention.self.query
+        x = torch.randn(2, 5, 32)
+        expected = x @ query.base_layer.weight.T + query.base_layer.bias + 3.0 * x @ pair["A"].weight.T @ pair["B"].weight.T
+        torch.testing.assert_close(query(x), expected)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_merge_and_unload_keeps_the_outputs_and_leaves_a_plain_model(arch):
+    model = tiny_model(arch)
+    inputs = batch(arch)
+    memtune.attach(model, memtune.LoraConfig(rank=4))
+    _train_step(model, inputs)
+    tuned = logits(model, inputs)
+    names_before = {n for n, _ in tiny_model(arch).named_parameters()}
+    memtune.merge_and_unload(model)
+    assert not hasattr(model, "memtune") and not hasattr(model, "peft_config")
+    assert {n for n, _ in model.named_parameters()} == names_before
+    torch.testing.assert_close(logits(model, inputs), tuned, rtol=1e-5, atol=1e-5)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_merge_refuses_methods_that_add_computation():
+    model = memtune.attach(tiny_model("bert"), memtune.recipe("mam"))
+    with pytest.raises(MemtuneError, match=r"cannot merge prefix \(prefix\), adapter \(adapter\)"):
+        memtune.merge_and_unload(model)
+    assert hasattr(model, "memtune")  # nothing changed
+    gated = memtune.attach(tiny_model("bert"), memtune.LoraConfig(gate=True))
+    with pytest.raises(MemtuneError, match="cannot merge lora"):
+        memtune.merge_and_unload(gated)
+
+
+def test_lora_gate_multiplies_the_update_per_token():
+    model = memtune.attach(tiny_model("bert"), memtune.LoraConfig(rank=4, gate=True, layers=[0], targets=["value"]))
+    method = memtune.methods_of(model)["lora"]
+    pair, gate = method.lora["0_value"], method.gates["0_value"].linear
+    with torch.no_grad():
+        pair["B"].weight.normal_()
+        value = model.bert.encoder.layer[0].attention.self.value
+        x = torch.randn(2, 5, 32)
+        update = x @ pair["A"].weight.T @ pair["B"].weight.T
+        expected = value.base_layer(x) + torch.sigmoid(x @ gate.weight.T + gate.bias) * update
+        torch.testing.assert_close(value(x), expected)
+
+
+def test_bitfit_and_ft_train_what_the_paper_says():
+    model = memtune.attach(tiny_model("bert"), memtune.recipe("bitfit"))
+    names = model.memtune.backbone_names["bitfit"]
+    assert names and all(n.endswith(".bias") for n in names)
+    assert len(names) == sum(1 for n, _ in backbone_named_parameters(model) if n.endswith(".bias"))
+    model = memtune.attach(tiny_model("bert"), memtune.FullConfig(layers=[2]))
+    assert all(n.startswith("bert.encoder.layer.2.") for n in model.memtune.backbone_names["full"])
+    model = memtune.attach(tiny_model("bert"), memtune.recipe("ft"))
+    assert memtune.parameter_report(model)["tuned"] == memtune.parameter_report(model)["backbone"]
+
+
+# --- prefix tuning against peft ---------------------------------------------------------------------
+
+
+PEFT_PREFIX_CASES = [
+    (arch, head, task, reparameterize)
+    for arch, head, task in [
+        ("bert", "seq", TaskType.SEQ_CLS),
+        ("roberta", "seq", TaskType.SEQ_CLS),
+        ("bert", "token", TaskType.TOKEN_CLS),
+        ("gpt2", "lm", TaskType.CAUSAL_LM),
+        ("llama", "lm", TaskType.CAUSAL_LM),
+    ]
+    for reparameterize in (False, True)
+    # with grouped queries peft's reparameterisation embeds in the kv width, memtune's in d: no common weights
+    if not (arch == "llama" and reparameterize)
+]
+
+
+@pytest.mark.parametrize("arch,head,task,reparameterize", PEFT_PREFIX_CASES)
+def test_prefix_equals_peft_prefix_tuning(arch, head, task, reparameterize):
+    """Same prefix tensors, same logits. peft passes the prefix as past_key_values, so the model gives the
+    real tokens positions l, l+1, ... (and peft ignores position_ids); memtune's prefix takes no positions.
+    The comparison therefore gives memtune's model those shifted positions explicitly."""
+    length = 5
+    base = tiny_model(arch, head)
+    ours = memtune.attach(copy.deepcopy(base), memtune.PrefixConfig(prefix_length=length, reparameterize=reparameterize))
+    method = memtune.methods_of(ours)["prefix"]
+    theirs = get_peft_model(
+        copy.deepcopy(base),
+        PrefixTuningConfig(task_type=task, num_virtual_tokens=length, prefix_projection=reparameterize, encoder_hidden_size=32),
+    )
+    encoder = theirs.prompt_encoder["default"]
+    with torch.no_grad():
+        if reparameterize:
+            for p in method.parameters():
+                p.normal_(0, 0.3)
+            encoder.embedding.weight.copy_(method.embedding.weight)
+            encoder.transform[0].load_state_dict(method.down.state_dict())
+            encoder.transform[2].load_state_dict(method.up.state_dict())
+        else:
+            encoder.embedding.weight.copy_(method.prefix.permute(1, 0, 2).reshape(length, -1))  # (l, L * 2d)
+    inputs = batch(arch, pad="right")
+    offset = 2 if arch == "roberta" else 0  # RoBERTa positions start after its padding index
+    positions = torch.arange(length, length + 7).expand(2, -1) + offset
+    with torch.no_grad():
+        expected = theirs(**inputs).logits
+        got = ours(**inputs, position_ids=positions).logits
+    keep = inputs["attention_mask"].bool() if got.dim() == 3 else slice(None)
+    torch.testing.assert_close(got[keep], expected[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_gated_prefix_scales_each_examples_keys_and_values():
+    model = memtune.attach(tiny_model("bert"), memtune.PrefixConfig(prefix_length=3, gate=True, layers=[0]))
+    method = memtune.methods_of(model)["prefix"]
+    inputs = batch("bert")
+    captured = {}
+
+    def capture(module, args, kwargs):
+        captured["x"] = args[0] if args else kwargs["hidden_states"]
+
+    model.bert.encoder.layer[0].attention.self.register_forward_pre_hook(capture, with_kwargs=True)
+    logits(model, inputs)
+    with torch.no_grad():
+        gate = torch.sigmoid(method.gates["0"](captured["x"])).mean(dim=1)  # (B, 2)
+        keys, values = method.key_values(0)
+        plain = method.layer_prefix(0).view(3, 2, 4, 8).permute(1, 2, 0, 3)
+    torch.testing.assert_close(keys, plain[0] * gate[:, 0, None, None, None])
+    torch.testing.assert_close(values, plain[1] * gate[:, 1, None, None, None])
+
+
+# --- composition and bad input ---------------------------------------------------------------------
+
+
+def test_composition_attaches_several_methods_and_rejects_conflicts():
+    model = memtune.attach(tiny_model("bert"), [memtune.LoraConfig(rank=2), memtune.AdapterConfig(bottleneck=4), memtune.MemoryConfig(slot_dim=4)])
+    assert set(memtune.methods_of(model)) == {"lora", "adapter", "memory"}
+    memtune.detach(model)
+    with pytest.raises(MemtuneError, match="both put a 'lora' method on layer 1"):
+        memtune.attach(tiny_model("bert"), [memtune.LoraConfig(layers=[0, 1]), memtune.LoraConfig(layers=[1, 2])])
+    fresh = tiny_model("bert")
+    with pytest.raises(MemtuneError, match="both train the backbone parameter"):
+        memtune.attach(fresh, [memtune.FullConfig(), memtune.BitFitConfig()])
+    assert not hasattr(fresh, "memtune") and all(p.requires_grad for p in fresh.parameters())
+    # disjoint LoRA configs get separate peft adapters and detach cleanly
+    model = memtune.attach(tiny_model("bert"), [memtune.LoraConfig(layers=[0]), memtune.LoraConfig(layers=[2], rank=2)])
+    assert len(model.peft_config) == 2
+    memtune.detach(model)
+    assert not hasattr(model, "peft_config")
+
+
+@pytest.mark.parametrize(
+    "make,error,message",
+    [
+        (lambda: memtune.recipe("adaptr"), ConfigError, "known recipes: ft, bitfit, adapter, lora"),
+        (lambda: memtune.recipe("adapter", budget=2.5), ConfigError, "budget must be a positive integer"),
+        (lambda: memtune.AdapterConfig(bottleneck=0), ConfigError, "bottleneck"),
+        (lambda: memtune.AdapterConfig(placement="inside"), ConfigError, "placement must be one of"),
+        (lambda: memtune.AdapterConfig(activation="swish"), ConfigError, "activation must be one of"),
+        (lambda: memtune.LoraConfig(targets=["output"]), ConfigError, "targets must be a non-empty list"),
+        (lambda: memtune.LoraConfig(scaling=0), ConfigError, "scaling must be a positive number"),
+        (lambda: memtune.attach(tiny_model("llama"), memtune.recipe("bitfit")), ConfigError, "no bias terms"),
+        (lambda: memtune.attach(tiny_model("gpt2"), memtune.LoraConfig(targets=["key"])), ArchitectureError, "no key projection"),
+        (lambda: memtune.attach(tiny_model("bert"), memtune.LoraConfig(layers=[7])), ConfigError, "layers \\[7\\] do not exist"),
+    ],
+)
+def test_bad_input_gets_a_clear_message(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_failed_attach_leaves_the_model_untouched():
+    model = tiny_model("llama")
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(ConfigError):
+        memtune.attach(model, [memtune.LoraConfig(rank=2), memtune.BitFitConfig()])
+    assert not hasattr(model, "memtune") and not hasattr(model, "peft_config")
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
+@pytest.mark.parametrize("name", ["lora", "unipelt", "mam"])
+def test_deepcopy_of_an_attached_model_is_independent(name):
+    model = memtune.attach(tiny_model("bert"), memtune.recipe(name, budget=8))
+    inputs = batch("bert")
+    clone = copy.deepcopy(model)
+    torch.testing.assert_close(logits(clone, inputs), logits(model, inputs))
+    _train_step(clone, inputs)
+    assert not torch.allclose(logits(clone, inputs), logits(model, inputs))
+    memtune.detach(clone)
+    assert hasattr(model, "memtune")
