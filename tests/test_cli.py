@@ -55,3 +55,27 @@ def test_params_bad_input_exits_2_with_a_message(capsys, argv, message):
 def test_params_missing_model_path(capsys, tmp_path):
     code, _, err = run(capsys, "params", "--model", str(tmp_path / "nope"))
     assert code == 2 and "not a Table II name (bert-base, bert-large), a packaged short name (minilm" in err
+
+
+def test_params_default_is_the_whole_table_ii_for_both_berts(capsys):
+    code, out, _ = run(capsys, "params", "--json")
+    assert code == 0
+    rows = {(r["model"], r["method"]): r for r in json.loads(out)}
+    assert {m for _, m in rows} == {"ft", "bitfit", "adapter", "lora", "prefix", "mam", "mt-f", "mt-mf"}
+    for model, d, L, V, n in [("bert-base", 768, 12, 30522, 512), ("bert-large", 1024, 24, 30522, 512)]:
+        def row(m):
+            return rows[(model, m)]
+
+        full = (V + 2 + n) * d + (12 * d * d + 13 * d) * L
+        assert row("ft")["paper_formula"]["tuned_value"] == full
+        assert row("ft")["tuned"] == full + (d * d + d) + 2 * d  # + pooler + embedding LayerNorm
+        assert row("bitfit")["tuned"] == d + 11 * d * L + d  # + pooler bias
+        assert row("adapter")["tuned"] == (2 * d * 32 + 32 + d) * L  # 2drL + biases
+        assert row("lora")["tuned"] == row("lora")["paper_formula"]["tuned_value"] == 4 * d * 16 * L
+        prefix_16 = 16 * d + (d * d + d) + (d * 2 * L * d + 2 * L * d)
+        assert row("mam")["tuned"] == prefix_16 + (2 * d * 16 + 16 + d) * L
+        assert row("mam")["stored"] == 2 * 16 * d * L + (2 * d * 16 + 16 + d) * L
+        for method in ("adapter", "lora", "bitfit"):  # the paper's printed percentages, to 2 decimals (MT-F: its 3s^2)
+            assert abs(row(method)["tuned_pct"] - row(method)["paper_printed_pct"][0]) <= 0.011, (model, method)
+        for method in ("prefix", "mam", "mt-mf"):
+            assert abs(row(method)["stored_pct"] - row(method)["paper_printed_pct"][1]) <= 0.011, (model, method)

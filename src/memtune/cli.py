@@ -46,24 +46,35 @@ def meta_model(config, head: str, num_labels: int):
         return classes[head].from_config(config)
 
 
+TABLE_II_METHODS = "ft,bitfit,adapter,lora,prefix,mam,mt-f,mt-mf"
+
+
+def _pct(count: int, backbone: int) -> float:
+    return 100.0 * count / backbone if backbone else 0.0
+
+
 def params_rows(model_name: str, methods: list[str], budget: int, head: str, num_labels: int) -> list[dict[str, Any]]:
     """One row per method: measured counts and, where the paper has a formula, its value."""
     from . import attach, detach, parameter_report, recipe
     from .arch import arch_for, dims_of
-    from .params import TABLE_II, paper_formula_values
+    from .params import PAPER_PERCENTAGES, TABLE_II, paper_formula_values
 
+    recipes = [recipe(name, budget) for name in methods]  # unknown names fail before any model is built
     config = model_config(model_name)
     model = meta_model(config, head, num_labels)
     dims = dims_of(model, arch_for(model))
+    positions = int(getattr(config, "max_position_embeddings", 0) or 0)
+    printed = PAPER_PERCENTAGES.get(model_name.lower(), {})
     rows = []
-    for name in methods:
-        r = recipe(name, budget)
+    for r in recipes:
         attach(model, r)
         report = parameter_report(model)
         detach(model)
-        formula = paper_formula_values(r.name, dims.hidden, dims.layers, r.configs)
+        formula = paper_formula_values(r.name, dims.hidden, dims.layers, r.configs, dims.vocab, positions)
+        backbone = report["backbone"]
         rows.append(
             {
+                "model": model_name,
                 "method": r.name,
                 "budget": budget,
                 **{k: report[k] for k in ("backbone", "tuned", "stored", "head", "tuned_pct", "stored_pct")},
@@ -75,8 +86,11 @@ def params_rows(model_name: str, methods: list[str], budget: int, head: str, num
                     "stored": TABLE_II[r.name].stored,
                     "tuned_value": formula[0],
                     "stored_value": formula[1],
+                    "tuned_pct": _pct(formula[0], backbone),
+                    "stored_pct": _pct(formula[1], backbone),
                     "note": TABLE_II[r.name].note,
                 },
+                "paper_printed_pct": printed.get(r.name) if budget == 32 else None,
             }
         )
     return rows
@@ -84,16 +98,26 @@ def params_rows(model_name: str, methods: list[str], budget: int, head: str, num
 
 def _format_params(model_name: str, rows: list[dict[str, Any]]) -> str:
     lines = [f"memtune params: {model_name}, backbone {rows[0]['backbone']:,} parameters (task head excluded from %)", ""]
-    header = f"{'method':<8} {'budget':>6} {'#tuned':>12} {'tuned %':>8} {'#stored':>12} {'stored %':>8} {'Table II #tuned':>16} {'Table II #stored':>17}"
+    header = (
+        f"{'method':<8} {'budget':>6} | {'#tuned':>11} {'%':>6} {'#stored':>11} {'%':>6} | "
+        f"{'formula #tuned':>14} {'%':>6} {'formula #stored':>15} {'%':>6} | {'paper %':>13}"
+    )
     lines += [header, "-" * len(header)]
     for row in rows:
         f = row["paper_formula"]
-        paper = (f"{f['tuned_value']:>16,} {f['stored_value']:>17,}") if f else f"{'-':>16} {'-':>17}"
+        formula = (
+            f"{f['tuned_value']:>14,} {f['tuned_pct']:>5.2f}% {f['stored_value']:>15,} {f['stored_pct']:>5.2f}%"
+            if f
+            else f"{'-':>14} {'-':>6} {'-':>15} {'-':>6}"
+        )
+        printed = row["paper_printed_pct"]
+        paper = f"{printed[0]:>5.2f} / {printed[1]:<5.2f}" if printed else "-"
         lines.append(
-            f"{row['method']:<8} {row['budget']:>6} {row['tuned']:>12,} {row['tuned_pct']:>7.2f}% {row['stored']:>12,} "
-            f"{row['stored_pct']:>7.2f}% {paper}"
+            f"{row['method']:<8} {row['budget']:>6} | {row['tuned']:>11,} {row['tuned_pct']:>5.2f}% {row['stored']:>11,} "
+            f"{row['stored_pct']:>5.2f}% | {formula} | {paper:>13}"
         )
     lines.append("")
+    lines.append("paper %: #Tuned / #Stored as printed in the paper's Table IV (BERT-base) or III (BERT-large)")
     for row in rows:
         f = row["paper_formula"]
         if f:
@@ -106,8 +130,13 @@ def _format_params(model_name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    rows = params_rows(args.model, [m.strip() for m in args.method.split(",") if m.strip()], args.budget, args.head, args.num_labels)
-    print(json.dumps(rows, indent=2) if args.json else _format_params(args.model, rows))
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    tables = [params_rows(model, methods, args.budget, args.head, args.num_labels) for model in models]
+    if args.json:
+        print(json.dumps([row for rows in tables for row in rows], indent=2))
+    else:
+        print("\n\n".join(_format_params(model, rows) for model, rows in zip(models, tables)))
     return 0
 
 
@@ -116,8 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"memtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("params", help="count tuned / stored parameters of methods on a model, next to the paper's Table II")
-    p.add_argument("--model", required=True, help="bert-base | bert-large (dimensions only) | minilm | mpnet-base | smollm2-135m | a local path | a hub id")
-    p.add_argument("--method", default="mt-mf", help="recipe name(s), comma separated (default: mt-mf)")
+    p.add_argument(
+        "--model",
+        default="bert-base,bert-large",
+        help="comma-separated: bert-base | bert-large (dimensions only) | minilm | mpnet-base | smollm2-135m | a local "
+        "path | a hub id (default: bert-base,bert-large, the paper's Table II)",
+    )
+    p.add_argument("--method", default=TABLE_II_METHODS, help=f"recipe name(s), comma separated (default: {TABLE_II_METHODS})")
     p.add_argument("--budget", type=int, default=32, help="parameter budget: l, s (and r) of the paper (default: 32)")
     p.add_argument("--head", choices=["none", "seq", "token", "lm"], default="none", help="task head to build (counted apart; default: none)")
     p.add_argument("--num-labels", type=int, default=2, help="labels of a seq/token head (default: 2)")

@@ -10,6 +10,7 @@ bias, gating the input of ``lora_A`` is the same as gating the update, so peft's
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
@@ -133,7 +134,10 @@ class LoraMethod(TunedMethod):
             fan_in_fan_out=type(modules[0]).__name__ == "Conv1D",
             bias="none",
         )
-        inject_adapter_in_model(peft_config, model, adapter_name=self.adapter)
+        with warnings.catch_warnings():
+            if all(name.startswith("memtune") for name in taken):  # only memtune's own adapters are there
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(peft_config, model, adapter_name=self.adapter)
         wrappers = []
         for key, name in targets.items():
             parent_name, _, child = name.rpartition(".")
