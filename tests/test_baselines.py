@@ -398,3 +398,29 @@ def test_deepcopy_of_an_attached_model_is_independent(name):
     assert not torch.allclose(logits(clone, inputs), logits(model, inputs))
     memtune.detach(clone)
     assert hasattr(model, "memtune")
+
+
+@pytest.mark.parametrize("name", ["lora", "mam", "unipelt"])
+def test_methods_follow_a_bf16_backbone(name):
+    model = memtune.attach(tiny_model("bert").to(torch.bfloat16), memtune.recipe(name, budget=8))
+    assert {p.dtype for p in model.memtune.parameters()} == {torch.bfloat16}
+    assert logits(model, batch("bert")).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["mam", "unipelt"])
+def test_activation_checkpointing_gives_the_same_gradients(name):
+    """The parallel adapter keeps the FFN input between two hooks; recomputation must replay it."""
+    grads = []
+    for checkpointing in (False, True):
+        model = memtune.attach(tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), memtune.recipe(name, budget=8))
+        with torch.no_grad():
+            for p in model.memtune.parameters():
+                p.normal_(0, 0.2)
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        _loss(model, batch("bert")).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], msg=n)
