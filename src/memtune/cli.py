@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from .errors import MemtuneError
@@ -140,6 +141,78 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(t) for t in _names(text)]
+    except ValueError:
+        raise MemtuneError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise MemtuneError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def _seeds(text: str) -> list[int]:
+    """'3' means seeds 0, 1, 2; '0,5,7' lists them."""
+    if "," not in text:
+        return list(range(_ints(text, "--seeds")[0]))
+    try:
+        seeds = [int(t) for t in _names(text)]
+    except ValueError:
+        seeds = [-1]
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise MemtuneError(f"--seeds must be a count or distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+DEFAULT_METHODS = "ft,bitfit,adapter,lora,prefix,mam,mt-f,mt-mf"
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .experiments import compare, write_reports
+
+    overrides = dict(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, max_length=args.max_length,
+        patience=args.patience, max_train_steps=args.max_steps,
+    )  # fmt: skip
+    records = compare(
+        args.model,
+        _names(args.tasks),
+        _names(args.methods),
+        _seeds(args.seeds),
+        out=args.out,
+        budgets=_ints(args.budgets, "--budgets"),
+        train_sizes=_ints(args.train_size, "--train-size") if args.train_size else [None],
+        profile=args.profile,
+        data_dir=args.data_dir,
+        overrides=overrides,
+        progress=not args.no_progress,
+    )
+    from .experiments.compare import is_main_process
+
+    if is_main_process():
+        for path in write_reports(records, args.out):
+            print(f"wrote {path}")
+        table = Path(args.out) / "table3.md"
+        if table.exists():
+            print(table.read_text())
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .experiments import read_results, write_reports
+
+    records = read_results(Path(args.out) / "results.jsonl")
+    if not records:
+        raise MemtuneError(f"{Path(args.out) / 'results.jsonl'} holds no runs; run memtune compare --out {args.out} first")
+    for path in write_reports(records, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memtune", description="Memory-tuning and its baselines for Hugging Face transformers.")
     parser.add_argument("--version", action="version", version=f"memtune {__version__}")
@@ -157,6 +230,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=int, default=2, help="labels of a seq/token head (default: 2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_params)
+
+    c = sub.add_parser("compare", help="train and evaluate methods on tasks over seeds; writes results.jsonl and Table III")
+    c.add_argument("--model", default="minilm", help="packaged short name, local path or hub id (default: minilm)")
+    c.add_argument("--tasks", default="rte,cb,conll2004", help="comma-separated tasks (default: rte,cb,conll2004)")
+    c.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated recipes (default: {DEFAULT_METHODS})")
+    c.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a comma-separated list (default: 3)")
+    c.add_argument("--budgets", default="32", help="comma-separated parameter budgets; several give the Fig. 2 sweep (default: 32)")
+    c.add_argument("--train-size", default=None, help="comma-separated training-set sizes for the low-data Table V")
+    c.add_argument("--profile", default="cpu", choices=["cpu", "paper"], help="training settings (default: cpu; paper = Table I)")
+    c.add_argument("--out", default="results/compare", help="folder of results.jsonl and the tables (default: results/compare)")
+    c.add_argument("--data-dir", default=None, help="data root holding the task folders (default: $MEMTUNE_DATA, then ../shared/data)")
+    c.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    c.add_argument("--batch-size", type=int, default=None, help="override the per-process batch size")
+    c.add_argument("--lr", type=float, default=None, help="override the learning rate (all methods)")
+    c.add_argument("--max-length", type=int, default=None, help="override the input length in tokens")
+    c.add_argument("--patience", type=int, default=None, help="override early-stopping patience (epochs)")
+    c.add_argument("--max-steps", type=int, default=None, help="stop each run after this many optimiser steps")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
+    c.set_defaults(run=cmd_compare)
+
+    t = sub.add_parser("table", help="render the tables of a results folder again, without training")
+    t.add_argument("--out", default="results/compare", help="folder holding results.jsonl (default: results/compare)")
+    t.set_defaults(run=cmd_table)
     return parser
 
 

@@ -1,0 +1,179 @@
+"""``memtune compare``: tasks x methods x seeds (x budgets x training-set sizes), resumable.
+
+Each finished run is appended to ``<out>/results.jsonl`` at once; a killed comparison started again with
+the same settings skips the runs already there. Tables are rendered from that file at the end (and by
+``memtune table`` at any time), never from memory.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError
+from ..version import __version__
+from .results import append_result, check_config, read_results, run_key
+
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str
+    method: str
+    seed: int
+    budget: int
+    train_size: int | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.task, self.method, self.seed, self.budget, self.train_size)
+
+    def __str__(self) -> str:
+        size = f", {self.train_size} examples" if self.train_size else ""
+        return f"{self.task} {self.method} (budget {self.budget}{size}) seed {self.seed}"
+
+
+def plan(tasks: list[str], methods: list[str], seeds: list[int], budgets: list[int], train_sizes: list[int | None]) -> list[RunSpec]:
+    """Every run, task-major so that each task's table fills up first."""
+    return [
+        RunSpec(task, method, seed, budget, size)
+        for task in tasks
+        for size in train_sizes
+        for budget in budgets
+        for seed in seeds
+        for method in methods
+    ]
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def load_for_task(model_name: str, task: Any) -> tuple[Any, Any]:
+    """The model with a fresh head for ``task`` (sequence or token classification) and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from ..models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_name)
+    auto = AutoModelForSequenceClassification if task.kind == "sentence" else AutoModelForTokenClassification
+    model = load_model(model_name, auto, num_labels=len(task.labels))
+    if tokenizer.pad_token is None:  # decoder-only models: pad with the end-of-sequence token
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def run_one(spec: RunSpec, model_name: str, profile: str, overrides: dict[str, Any], data_dir: str | None, progress: bool) -> dict[str, Any]:
+    """Train and evaluate one run; the record to append."""
+    from transformers import set_seed
+
+    from .. import attach, parameter_report, recipe
+    from ..tasks import get_task, load_task
+    from ..train import settings_for, train_and_evaluate
+
+    task = get_task(spec.task)
+    data = load_task(spec.task, data_dir, seed=0, train_size=spec.train_size, sample_seed=spec.seed)
+    set_seed(spec.seed)  # before the model: the head's and the methods' initialisation follow the seed
+    model, tokenizer = load_for_task(model_name, task)
+    method = recipe(spec.method, spec.budget)
+    attach(model, method)
+    report = parameter_report(model)
+    large = model.config.hidden_size >= 1024
+    settings = settings_for(task, method, profile, large=large, **overrides)
+    with tempfile.TemporaryDirectory(prefix="memtune-trainer-") as scratch:
+        result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, progress=progress)
+    return {
+        "task": spec.task,
+        "method": spec.method,
+        "seed": spec.seed,
+        "budget": spec.budget,
+        "train_size": spec.train_size,
+        "metric": task.metric,
+        "score": round(result.eval, 4),
+        "valid": round(result.valid, 4),
+        "eval_source": data.eval_source,
+        "valid_source": data.valid_source,
+        "n_train": len(data.train),
+        "n_valid": len(data.valid),
+        "n_eval": len(data.eval),
+        "tuned": report["tuned"],
+        "stored": report["stored"],
+        "head": report["head"],
+        "backbone": report["backbone"],
+        "tuned_pct": round(report["tuned_pct"], 4),
+        "stored_pct": round(report["stored_pct"], 4),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.train_seconds,
+        "peak_memory_mb": result.peak_memory_mb,
+        "settings": settings.to_dict(),
+        "history": result.history,
+        "notes": data.notes,
+        "memtune_version": __version__,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def validate(tasks: list[str], methods: list[str], budgets: list[int], profile: str) -> None:
+    """Fail on bad names before any model is loaded."""
+    from .. import recipe
+    from ..tasks import get_task
+    from ..train import PROFILES
+
+    for task in tasks:
+        get_task(task)
+    for method in methods:
+        for budget in budgets:
+            recipe(method, budget)
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown training profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+
+
+def compare(
+    model_name: str,
+    tasks: list[str],
+    methods: list[str],
+    seeds: list[int],
+    *,
+    out: str | os.PathLike,
+    budgets: list[int] = (32,),
+    train_sizes: list[int | None] = (None,),
+    profile: str = "cpu",
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run every missing run of the plan, appending each record to ``<out>/results.jsonl``; returns all records."""
+    validate(tasks, methods, list(budgets), profile)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    config = {"model": model_name, "profile": profile, "overrides": overrides}
+    path = Path(out) / RESULTS_FILE
+    records = read_results(path)
+    check_config(records, config, path)
+    done = {run_key(r) for r in records}
+    runs = plan(tasks, methods, seeds, list(budgets), list(train_sizes))
+    todo = [r for r in runs if r.key not in done]
+    log(f"memtune compare: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to do")
+    started = time.perf_counter()
+    for n, spec in enumerate(todo, start=1):
+        record = run_one(spec, model_name, profile, overrides, data_dir, progress)
+        record["config"] = config
+        if is_main_process():
+            append_result(path, record)
+        records.append(record)
+        elapsed = time.perf_counter() - started
+        eta = elapsed / n * (len(todo) - n)
+        log(
+            f"[{n}/{len(todo)}] {spec}: {record['metric']} {record['score']:.2f} on {record['eval_source']} "
+            f"(valid {record['valid']:.2f}, best epoch {record['best_epoch']}), {record['train_seconds']:.0f} s; "
+            f"ETA {eta / 60:.0f} min"
+        )
+    return records

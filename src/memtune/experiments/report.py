@@ -1,0 +1,61 @@
+"""Write the tables and the budget plot of a results file (atomically), from the records alone."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write
+from .tables import csv_table, low_data_records, markdown_table, summarize, sweep_csv, sweep_plot, sweep_rows
+
+TASK_NAMES = {
+    "mrpc": "MRPC", "rte": "RTE", "cb": "CB", "qnli": "QNLI", "sst2": "SST-2",
+    "conll2003": "CN3", "conll2004": "CN4", "msra": "MSRA",
+}  # fmt: skip
+
+
+def _main_budget(records: list[dict[str, Any]]) -> int | None:
+    budgets = sorted({r["budget"] for r in records})
+    return 32 if 32 in budgets else (budgets[0] if budgets else None)
+
+
+def _sources(records: list[dict[str, Any]]) -> str:
+    """One line per task: which split the scores are on, and the data caveats."""
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in records):
+        first = next(r for r in records if r["task"] == task)
+        notes = "; ".join(first.get("notes") or [])
+        lines.append(
+            f"- {TASK_NAMES.get(task, task)} ({first['metric']}): scored on {first['eval_source']}; early stopping on "
+            f"{first['valid_source']}; {first['n_train']} training examples." + (f" {notes}" if notes else "")
+        )
+    return "\n".join(lines)
+
+
+def write_reports(records: list[dict[str, Any]], out: str | Path) -> list[Path]:
+    """table3.md/.csv (full data, main budget); table5.md/.csv (low data); budget_sweep.csv/.png (Fig. 2)."""
+    out = Path(out)
+    written: list[Path] = []
+
+    def write(name: str, content: str | bytes) -> None:
+        atomic_write(out / name, content if isinstance(content, bytes) else content.encode())
+        written.append(out / name)
+
+    budget = _main_budget(records)
+    full = [r for r in records if not r.get("train_size") and r["budget"] == budget]
+    if full:
+        summary = summarize(full)
+        title = f"Results (budget {budget}); model {full[0]['config']['model']}, profile {full[0]['config']['profile']}"
+        write("table3.md", f"# {title}\n\n{markdown_table(summary, TASK_NAMES)}\n\n{_sources(full)}\n")
+        write("table3.csv", csv_table(summary, TASK_NAMES))
+    low = low_data_records([r for r in records if r["budget"] == budget])
+    if low:
+        summary = summarize(low, column="task_size")
+        write("table5.md", f"# Low-data results (budget {budget})\n\n{markdown_table(summary)}\n\n{_sources(low)}\n")
+        write("table5.csv", csv_table(summary))
+    swept = [r for r in records if not r.get("train_size")]
+    if len({r["budget"] for r in swept}) > 1:
+        rows = sweep_rows(swept)
+        write("budget_sweep.csv", sweep_csv(rows))
+        metrics = {r["task"]: r["metric"] for r in swept}
+        write("budget_sweep.png", sweep_plot(rows, metrics))
+    return written

@@ -1,0 +1,83 @@
+"""The append-only results file of a comparison: one JSON line per finished run.
+
+Every record carries the comparison's ``config`` (model, profile, training overrides, data root). A file
+holding records of another config is refused instead of being mixed in. Lines are appended, flushed
+and fsynced one at a time, so a killed run loses at most the line it was writing; such a truncated
+last line is skipped with a warning, cut before the next append, and its run is redone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import ConfigError
+
+RUN_KEY = ("task", "method", "seed", "budget", "train_size")
+
+
+def run_key(record: dict[str, Any]) -> tuple:
+    return tuple(record.get(k) for k in RUN_KEY)
+
+
+def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All run records of a results file ([] if it does not exist)."""
+    file = Path(path)
+    if not file.exists():
+        return []
+    text = file.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # the last line has no newline: a write that was cut off
+                warnings.warn(f"{file}: line {number} is incomplete (an interrupted write); its run will be redone")
+                continue
+            raise ConfigError(f"{file}: line {number} is not valid JSON ({e.msg}); fix or remove that line") from None
+        if not isinstance(record, dict) or any(k not in record for k in RUN_KEY + ("config",)):
+            raise ConfigError(f"{file}: line {number} is not a memtune run record (needs {', '.join(RUN_KEY)}, config)")
+        records.append(record)
+    return records
+
+
+def check_config(records: Iterable[dict[str, Any]], config: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse to mix runs of another configuration into ``path``."""
+    for record in records:
+        if record["config"] != config:
+            theirs = record["config"]
+            differ = sorted(k for k in set(theirs) | set(config) if theirs.get(k) != config.get(k))
+            details = "; ".join(f"{k}: file has {theirs.get(k)!r}, this run {config.get(k)!r}" for k in differ)
+            raise ConfigError(
+                f"{path} holds runs of another configuration ({details}). Write to another --out folder, "
+                f"or repeat the original settings to resume it."
+            )
+
+
+def append_result(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one record as a line; flushed and fsynced before returning."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    _drop_incomplete_last_line(file)
+    with open(file, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _drop_incomplete_last_line(file: Path) -> None:
+    """Cut a fragment left by an interrupted write (bytes after the last newline), which holds no record."""
+    if not file.exists() or file.stat().st_size == 0:
+        return
+    data = file.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    with open(file, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())

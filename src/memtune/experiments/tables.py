@@ -1,0 +1,177 @@
+"""The paper's tables and Fig. 2, rendered by pure functions from run records (no training here).
+
+- Table III/IV: per task the mean and std of the score over seeds; #Tuned and #Stored (% of backbone);
+  the average score and the average rank (1 = best), each as mean and std over seeds. Best in bold,
+  second underlined.
+- Table V: the same scores for each training-set size (low-data).
+- Fig. 2: score against the parameter budget, as CSV and a PNG plot.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections import defaultdict
+from typing import Any, Iterable
+
+DISPLAY = {
+    "ft": "FT", "prefix": "Prefix", "mt-m": "MT-M", "adapter": "Adapter", "lora": "LoRA", "bitfit": "BitFit",
+    "mam": "MAM", "unipelt": "UniPELT", "mt-f": "MT-F", "mt-mf": "MT-MF",
+}  # fmt: skip
+ORDER = list(DISPLAY)  # the paper's row order
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _ranks(scores: dict[str, float]) -> dict[str, float]:
+    """Rank 1 = best; ties share the average of their ranks."""
+    ordered = sorted(scores.values(), reverse=True)
+    return {m: statistics.fmean([i + 1 for i, v in enumerate(ordered) if v == s]) for m, s in scores.items()}
+
+
+def _ordered(methods: Iterable[str]) -> list[str]:
+    methods = set(methods)
+    return [m for m in ORDER if m in methods] + sorted(methods - set(ORDER))
+
+
+def summarize(records: list[dict[str, Any]], column: str = "task") -> dict[str, Any]:
+    """Scores by (method, column value, seed), with per-cell mean/std, averages and ranks over seeds.
+
+    ``column`` is the record field that makes the table's columns ("task", or e.g. "task_size")."""
+    scores: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    params: dict[str, tuple[float, float]] = {}
+    for r in records:
+        scores[(r["method"], r[column])][r["seed"]] = float(r["score"])
+        params[r["method"]] = (r["tuned_pct"], r["stored_pct"])
+    methods = _ordered({m for m, _ in scores})
+    columns = sorted({c for _, c in scores}, key=lambda c: [r[column] for r in records].index(c))
+    seeds = sorted({s for cell in scores.values() for s in cell})
+    cells = {key: _mean_std(list(v.values())) for key, v in scores.items()}
+    complete = [s for s in seeds if all(s in scores.get((m, c), {}) for m in methods for c in columns)]
+    average, rank = {}, {}
+    for m in methods:
+        per_seed_avg = [statistics.fmean(scores[(m, c)][s] for c in columns) for s in complete]
+        per_seed_rank = [
+            statistics.fmean(_ranks({n: scores[(n, c)][s] for n in methods})[m] for c in columns) for s in complete
+        ]
+        if complete:
+            average[m], rank[m] = _mean_std(per_seed_avg), _mean_std(per_seed_rank)
+    return {
+        "methods": methods, "columns": columns, "cells": cells, "params": params, "average": average,
+        "rank": rank, "seeds": seeds, "complete_seeds": complete,
+    }  # fmt: skip
+
+
+def _marks(values: dict[str, float], higher_is_better: bool = True) -> dict[str, str]:
+    """'best' / 'second' for the top two distinct values."""
+    distinct = sorted(set(values.values()), reverse=higher_is_better)
+    marks = {}
+    for m, v in values.items():
+        if distinct and v == distinct[0]:
+            marks[m] = "best"
+        elif len(distinct) > 1 and v == distinct[1]:
+            marks[m] = "second"
+    return marks
+
+
+def _fmt(mean: float, std: float, mark: str | None) -> str:
+    text = f"{mean:.1f} ± {std:.1f}"
+    return f"**{text}**" if mark == "best" else f"<u>{text}</u>" if mark == "second" else text
+
+
+def markdown_table(summary: dict[str, Any], column_names: dict[str, str] | None = None) -> str:
+    """Table III's layout in Markdown: best bold, second underlined, per column."""
+    methods, columns, cells = summary["methods"], summary["columns"], summary["cells"]
+    names = column_names or {}
+    header = ["Method", "#Tuned", "#Stored", *[names.get(c, str(c)) for c in columns], "Avg. score", "Avg. rank"]
+    marks = {c: _marks({m: cells[(m, c)][0] for m in methods if (m, c) in cells}) for c in columns}
+    avg_marks = _marks({m: v[0] for m, v in summary["average"].items()})
+    rank_marks = _marks({m: v[0] for m, v in summary["rank"].items()}, higher_is_better=False)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in methods:
+        tuned, stored = summary["params"][m]
+        row = [DISPLAY.get(m, m), f"{tuned:.2f}%", f"{stored:.2f}%"]
+        for c in columns:
+            row.append(_fmt(*cells[(m, c)], marks[c].get(m)) if (m, c) in cells else "–")
+        row.append(_fmt(*summary["average"][m], avg_marks.get(m)) if m in summary["average"] else "–")
+        row.append(_fmt(*summary["rank"][m], rank_marks.get(m)) if m in summary["rank"] else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    seeds, complete = summary["seeds"], summary["complete_seeds"]
+    lines.append("")
+    lines.append(
+        f"Mean ± std over seeds {seeds}. Averages and ranks use the seeds for which every method has every "
+        f"column ({complete if complete else 'none yet'}); rank 1 is best. Best in bold, second underlined."
+    )
+    return "\n".join(lines)
+
+
+def csv_table(summary: dict[str, Any], column_names: dict[str, str] | None = None) -> str:
+    names = column_names or {}
+    out = io.StringIO()
+    writer = csv.writer(out)
+    header = ["method", "tuned_pct", "stored_pct"]
+    for c in summary["columns"]:
+        header += [f"{names.get(c, c)}_mean", f"{names.get(c, c)}_std"]
+    writer.writerow(header + ["avg_mean", "avg_std", "rank_mean", "rank_std"])
+    for m in summary["methods"]:
+        tuned, stored = summary["params"][m]
+        row: list[Any] = [m, round(tuned, 4), round(stored, 4)]
+        for c in summary["columns"]:
+            row += [round(v, 4) for v in summary["cells"][(m, c)]] if (m, c) in summary["cells"] else ["", ""]
+        for part in ("average", "rank"):
+            row += [round(v, 4) for v in summary[part][m]] if m in summary[part] else ["", ""]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def low_data_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with a ``task_size`` column (Table V: one column per task and training-set size)."""
+    return [{**r, "task_size": f"{r['task']} ({r['train_size']})"} for r in records if r.get("train_size")]
+
+
+def sweep_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fig. 2's data: mean and std over seeds per task, method and budget."""
+    groups: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for r in records:
+        groups[(r["task"], r["method"], r["budget"])].append(float(r["score"]))
+    rows = []
+    for (task, method, budget), values in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][1]) if kv[0][1] in ORDER else 99, kv[0][2])):
+        mean, std = _mean_std(values)
+        rows.append({"task": task, "method": method, "budget": budget, "mean": round(mean, 4), "std": round(std, 4), "runs": len(values)})
+    return rows
+
+
+def sweep_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["task", "method", "budget", "mean", "std", "runs"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def sweep_plot(rows: list[dict[str, Any]], metric_names: dict[str, str] | None = None) -> bytes:
+    """Fig. 2 as PNG bytes: one panel per task, score against budget (log scale) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method in _ordered({r["method"] for r in rows if r["task"] == task}):
+            points = [r for r in rows if r["task"] == task and r["method"] == method]
+            ax.errorbar([p["budget"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
+                        marker="o", capsize=3, label=DISPLAY.get(method, method))  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("parameter budget (l, r, s)")
+        ax.set_ylabel((metric_names or {}).get(task, "score"))
+        ax.set_title(task)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,292 @@
+"""Training one attached model on one task with the Hugging Face Trainer.
+
+- Early stopping on the validation metric, evaluated every epoch; the best trainable tensors are kept in
+  memory and restored at the end (no checkpoint files, so nothing to clean up).
+- Seeds: ``seed`` fixes the head/method initialisation (set before the model is built, by the caller),
+  the data order and dropout; the Trainer's ``data_seed`` follows it.
+- Distributed: run the same script under ``torchrun`` / ``accelerate launch``; the Trainer wraps the
+  model in DDP and shards each global batch (``batch_size`` is per process).
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError
+from .metrics import metric as metric_fn
+
+IGNORE = -100  # label id the loss and the metrics skip (special tokens, later sub-tokens, padding)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters of one run (Table I's for the ``paper`` profile)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    max_length: int
+    patience: int = 5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    eval_batch_size: int = 64
+    max_train_steps: int | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "max_length", "patience", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"training setting {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
+            raise ConfigError(f"training setting learning_rate must be a positive number, got {self.learning_rate!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROFILES = ("paper", "cpu")
+CPU_PROFILE = dict(epochs=5, batch_size=16, max_length=128, patience=2, lr_factor=10.0)
+
+
+def settings_for(task: Any, recipe: Any, profile: str, large: bool = False, **overrides: Any) -> TrainSettings:
+    """The settings of ``profile`` for a task and recipe, then ``overrides`` (None values are ignored).
+
+    paper: Table I (epochs, input length, batch size of the BERT-base or -large row), lr 2e-5 for full
+        fine-tuning and 1e-4 otherwise, early stopping after 5 epochs without improvement.
+    cpu: at most 5 epochs, batch 16, inputs of at most 128 tokens, patience 2, and 10x the paper's
+        learning rate so that few epochs still move the small methods (a smoke-scale profile, not the paper's).
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown training profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+    if profile == "paper":
+        values = dict(
+            epochs=task.epochs,
+            batch_size=task.batch_size_large if large else task.batch_size,
+            learning_rate=recipe.learning_rate,
+            max_length=task.max_length,
+        )
+    else:
+        values = dict(
+            epochs=min(task.epochs, CPU_PROFILE["epochs"]),
+            batch_size=CPU_PROFILE["batch_size"],
+            learning_rate=recipe.learning_rate * CPU_PROFILE["lr_factor"],
+            max_length=min(task.max_length, CPU_PROFILE["max_length"]),
+            patience=CPU_PROFILE["patience"],
+        )
+    known = {f.name for f in fields(TrainSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown training setting(s) {unknown}; settings: {sorted(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainSettings(**values)
+
+
+# --- encoding ----------------------------------------------------------------------------------------
+
+
+def encode(examples: list[Any], tokenizer: Any, kind: str, max_length: int) -> list[dict[str, Any]]:
+    """Tokenise examples into features; token tasks label the first sub-token of each word."""
+    if kind == "sentence":
+        return [_encode_sentence(e, tokenizer, max_length) for e in examples]
+    return [_encode_words(e, tokenizer, max_length) for e in examples]
+
+
+def _encode_sentence(example: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
+    features = tokenizer(example.text, example.text_pair, truncation=True, max_length=max_length)
+    return {**features, "labels": int(example.label)}
+
+
+def _encode_words(example: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
+    features = tokenizer(list(example.text), is_split_into_words=True, truncation=True, max_length=max_length)
+    labels, seen = [], set()
+    for word in features.word_ids():
+        first = word is not None and word not in seen
+        labels.append(int(example.label[word]) if first else IGNORE)
+        if word is not None:
+            seen.add(word)
+    return {**features, "labels": labels}
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+
+def score(task: Any, examples: list[Any], predictions: np.ndarray, label_ids: np.ndarray) -> float:
+    """The task's metric from logits' argmax. Token tasks: one tag per word; words cut off by the input
+    length are predicted "O", so truncation costs recall instead of hiding entities."""
+    fn = metric_fn(task.metric)
+    if task.kind == "sentence":
+        return fn(predictions.tolist(), [int(e.label) for e in examples])
+    names = task.labels
+    outside = names.index("O") if "O" in names else 0
+    predicted, gold = [], []
+    for example, row, labels in zip(examples, predictions, label_ids):
+        tags = [int(t) for t, y in zip(row, labels) if y != IGNORE]
+        tags += [outside] * (len(example.text) - len(tags))
+        predicted.append([names[t] for t in tags])
+        gold.append([names[t] for t in example.label])
+    return fn(predicted, gold)
+
+
+# --- the Trainer -------------------------------------------------------------------------------------
+
+
+class BestTrainable:
+    """Keeps a copy of the trainable tensors at the best validation score; early stopping by patience."""
+
+    def __init__(self, model: nn.Module, patience: int):
+        self.model, self.patience = model, patience
+        self.best: float = -math.inf
+        self.best_epoch: int | None = None
+        self.bad = 0
+        self.snapshot: dict[str, torch.Tensor] = {}
+        self.history: list[dict[str, float]] = []
+
+    def update(self, value: float, epoch: float) -> bool:
+        """Record a validation score; True when training should stop."""
+        self.history.append({"epoch": epoch, "valid": value})
+        if value > self.best:
+            self.best, self.best_epoch, self.bad = value, int(round(epoch)), 0
+            self.snapshot = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.snapshot.items():
+                params[name].copy_(value.to(params[name].device))
+
+
+def _callback(best: BestTrainable, metric_key: str):
+    from transformers import TrainerCallback
+
+    class EarlyStopOnBest(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics and metric_key in metrics and best.update(metrics[metric_key], state.epoch or 0.0):
+                control.should_training_stop = True
+
+    return EarlyStopOnBest()
+
+
+class PeakMemory:
+    """Peak memory of one run: CUDA's allocator peak, or the process's resident set sampled on Linux."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        elif os.path.exists("/proc/self/statm"):
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc: Any) -> None:
+        if torch.cuda.is_available():
+            self.peak = torch.cuda.max_memory_allocated()
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def megabytes(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+@dataclass
+class RunResult:
+    valid: float  # best validation score
+    eval: float  # score on the evaluation split, with the best tensors restored
+    best_epoch: int | None
+    epochs_run: float
+    train_seconds: float
+    peak_memory_mb: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_and_evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    data: Any,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    output_dir: str,
+    progress: bool = True,
+) -> RunResult:
+    """Train ``model`` (methods already attached) on ``data.train``, early-stopping on ``data.valid``;
+    restore the best trainable tensors and score ``data.eval``."""
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    task = data.task
+    train = encode(data.train, tokenizer, task.kind, settings.max_length)
+    valid = encode(data.valid, tokenizer, task.kind, settings.max_length)
+    evaluation = encode(data.eval, tokenizer, task.kind, settings.max_length)
+    collator = (DataCollatorWithPadding if task.kind == "sentence" else DataCollatorForTokenClassification)(tokenizer)
+    best = BestTrainable(model, settings.patience)
+    args = TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_train_steps or -1,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_ratio=settings.warmup_ratio,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="epoch",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    examples = {"valid": data.valid, "eval": data.eval}
+    current = {"split": "valid"}
+
+    def compute_metrics(prediction) -> dict[str, float]:
+        predicted = np.argmax(prediction.predictions, axis=-1)
+        return {"score": score(task, examples[current["split"]], predicted, prediction.label_ids)}
+
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=valid,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        callbacks=[_callback(best, "eval_score")],
+    )
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    best.restore()
+    current["split"] = "eval"
+    final = trainer.predict(evaluation).metrics["test_score"]
+    epochs_run = float(trainer.state.epoch or 0.0)
+    return RunResult(best.best, final, best.best_epoch, epochs_run, round(seconds, 1), memory.megabytes, best.history)
+

@@ -1,0 +1,103 @@
+"""The comparison's results file and tables: pure functions over run records (no training)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memtune.errors import ConfigError
+from memtune.experiments.compare import plan
+from memtune.experiments.report import write_reports
+from memtune.experiments.results import append_result, check_config, read_results
+from memtune.experiments.tables import csv_table, markdown_table, summarize, sweep_rows
+
+CONFIG = {"model": "minilm", "profile": "cpu", "overrides": {}}
+
+
+def record(task, method, seed, score, budget=32, train_size=None, tuned=1.0, stored=0.5):
+    return {
+        "task": task, "method": method, "seed": seed, "budget": budget, "train_size": train_size, "score": score,
+        "metric": "accuracy", "tuned_pct": tuned, "stored_pct": stored, "config": CONFIG, "eval_source": "dev",
+        "valid_source": "10% of train", "n_train": 100, "notes": [],
+    }  # fmt: skip
+
+
+RECORDS = [
+    record("rte", "ft", 0, 60.0), record("rte", "ft", 1, 62.0),
+    record("rte", "lora", 0, 58.0), record("rte", "lora", 1, 64.0),
+    record("cb", "ft", 0, 80.0), record("cb", "ft", 1, 70.0),
+    record("cb", "lora", 0, 90.0), record("cb", "lora", 1, 90.0),
+]  # fmt: skip
+
+
+def test_summary_means_stds_averages_and_ranks_over_seeds():
+    s = summarize(RECORDS)
+    assert s["methods"] == ["ft", "lora"] and s["columns"] == ["rte", "cb"]
+    assert s["cells"][("ft", "rte")] == pytest.approx((61.0, 1.41421356))
+    # averages per seed over tasks: ft (70, 66) -> 68 +- 2.83; lora (74, 77) -> 75.5 +- 2.12
+    assert s["average"]["ft"] == pytest.approx((68.0, 2.8284271))
+    assert s["average"]["lora"] == pytest.approx((75.5, 2.1213203))
+    # ranks: seed 0 rte ft 1 lora 2, cb ft 2 lora 1 -> 1.5 each; seed 1: rte lora 1, cb lora 1 -> lora 1, ft 2
+    assert s["rank"]["lora"] == pytest.approx((1.25, 0.35355339))
+    assert s["rank"]["ft"] == pytest.approx((1.75, 0.35355339))
+
+
+def test_markdown_marks_best_bold_and_second_underlined():
+    text = markdown_table(summarize(RECORDS), {"rte": "RTE", "cb": "CB"})
+    lora = next(line for line in text.splitlines() if line.startswith("| LoRA"))
+    ft = next(line for line in text.splitlines() if line.startswith("| FT"))
+    assert "**90.0 ± 0.0**" in lora and "<u>75.0 ± 7.1</u>" in ft  # CB column
+    assert "**1.2 ± 0.4**" in lora and "<u>1.8 ± 0.4</u>" in ft  # rank: lower is better
+    assert "| Method | #Tuned | #Stored | RTE | CB | Avg. score | Avg. rank |" in text
+
+
+def test_missing_runs_show_a_dash_and_leave_averages_to_complete_seeds():
+    partial = RECORDS[:-1]  # lora, cb, seed 1 missing
+    s = summarize(partial)
+    assert s["complete_seeds"] == [0]
+    assert s["average"]["lora"] == pytest.approx((74.0, 0.0))
+    assert "CB" in csv_table(s, {"cb": "CB"}).splitlines()[0].replace("cb", "CB")
+
+
+def test_ties_share_their_rank():
+    tied = [record("rte", m, 0, 50.0) for m in ("ft", "lora", "adapter")]
+    assert summarize(tied)["rank"]["ft"] == pytest.approx((2.0, 0.0))
+
+
+def test_results_file_appends_resumes_and_refuses_another_config(tmp_path):
+    path = tmp_path / "results.jsonl"
+    for r in RECORDS[:3]:
+        append_result(path, r)
+    with open(path, "a") as f:
+        f.write('{"task": "cb", "meth')  # a write cut off by a kill
+    with pytest.warns(UserWarning, match="line 4 is incomplete"):
+        assert len(read_results(path)) == 3
+    append_result(path, RECORDS[3])  # the fragment is cut first, nothing else is lost
+    assert [r["score"] for r in read_results(path)] == [60.0, 62.0, 58.0, 64.0]
+    check_config(read_results(path), CONFIG, path)
+    with pytest.raises(ConfigError, match="profile: file has 'cpu', this run 'paper'"):
+        check_config(read_results(path), {**CONFIG, "profile": "paper"}, path)
+
+
+def test_corrupt_middle_line_names_the_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(RECORDS[0]) + "\nnot json\n" + json.dumps(RECORDS[1]) + "\n")
+    with pytest.raises(ConfigError, match="line 2 is not valid JSON"):
+        read_results(path)
+
+
+def test_plan_is_task_major_and_complete():
+    runs = plan(["rte", "cb"], ["ft", "lora"], [0, 1], [32], [None])
+    assert len(runs) == 8 and runs[0].task == "rte" and runs[-1].task == "cb"
+    assert len({r.key for r in runs}) == 8
+
+
+def test_reports_are_written_from_records_alone(tmp_path):
+    sweep = [record("rte", m, s, 50.0 + b / 8 + s, budget=b) for m in ("lora", "mt-mf") for s in (0, 1) for b in (8, 32)]
+    low = [record("rte", "lora", s, 55.0 + s, train_size=n) for s in (0, 1) for n in (128, 256)]
+    written = {p.name for p in write_reports(RECORDS + sweep + low, tmp_path)}
+    assert written == {"table3.md", "table3.csv", "table5.md", "table5.csv", "budget_sweep.csv", "budget_sweep.png"}
+    assert (tmp_path / "budget_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "rte (128)" in (tmp_path / "table5.md").read_text()
+    rows = sweep_rows([r for r in sweep])
+    assert [(r["method"], r["budget"], r["mean"]) for r in rows][:2] == [("lora", 8, 51.5), ("lora", 32, 54.5)]
