@@ -39,6 +39,7 @@ class TrainSettings:
     warmup_ratio: float = 0.0
     eval_batch_size: int = 64
     max_train_steps: int | None = None
+    optimizer: str = "adamw_torch"  # any TrainingArguments.optim value, e.g. "sgd"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "max_length", "patience", "eval_batch_size"):
@@ -252,8 +253,9 @@ def train_and_evaluate(
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size,
         learning_rate=settings.learning_rate,
+        optim=settings.optimizer,
         weight_decay=settings.weight_decay,
-        warmup_ratio=settings.warmup_ratio,
+        warmup_steps=settings.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         eval_strategy="epoch",
         save_strategy="no",
         logging_strategy="epoch",
@@ -262,7 +264,12 @@ def train_and_evaluate(
         data_seed=seed,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
+        # The classification heads' losses are plain means; with this on, the Trainer multiplies them by the
+        # number of processes (meant for losses summed over tokens), doubling gradients under 2-process DDP.
+        average_tokens_across_devices=False,
+        use_cpu=not torch.cuda.is_available(),  # lets accelerate run CPU processes under torchrun as DDP (gloo)
     )
     examples = {"valid": data.valid, "eval": data.eval}
     current = {"split": "valid"}

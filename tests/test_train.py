@@ -1,0 +1,111 @@
+"""Training wiring: profiles, encoding, scoring, early stopping, and DDP equal to one process."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import memtune
+from memtune.errors import ConfigError
+from memtune.train import IGNORE, BestTrainable, TrainSettings, encode, score, settings_for
+
+TASK = SimpleNamespace(epochs=50, max_length=100, batch_size=16, batch_size_large=8)
+NER = SimpleNamespace(kind="token", metric="entity_f1", labels=("O", "B-PER", "I-PER"))
+
+
+def test_profiles_follow_table_i_and_the_paper_learning_rates():
+    paper = settings_for(TASK, memtune.recipe("mt-mf"), "paper")
+    assert (paper.epochs, paper.batch_size, paper.max_length, paper.learning_rate) == (50, 16, 100, 1e-4)
+    assert settings_for(TASK, memtune.recipe("ft"), "paper").learning_rate == 2e-5
+    assert settings_for(TASK, memtune.recipe("ft"), "paper", large=True).batch_size == 8
+    cpu = settings_for(TASK, memtune.recipe("lora"), "cpu", epochs=2, learning_rate=None)
+    assert (cpu.epochs, cpu.batch_size, cpu.max_length, cpu.learning_rate, cpu.patience) == (2, 16, 100, 1e-3, 2)
+    with pytest.raises(ConfigError, match="unknown training profile 'gpu'; known profiles: paper, cpu"):
+        settings_for(TASK, memtune.recipe("lora"), "gpu")
+    with pytest.raises(ConfigError, match="unknown training setting"):
+        settings_for(TASK, memtune.recipe("lora"), "cpu", epoch=3)
+    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+        TrainSettings(epochs=0, batch_size=1, learning_rate=1e-3, max_length=8)
+
+
+class WordTokenizer:
+    """Stands in for a fast tokenizer: 'xx' words split into two sub-tokens; [CLS] ... [SEP]."""
+
+    def __call__(self, words, is_split_into_words=True, truncation=True, max_length=512):
+        pieces = [(None, 1)]
+        for i, w in enumerate(words):
+            pieces += [(i, 10 + len(w))] * (2 if w.startswith("xx") else 1)
+        pieces = pieces[: max_length - 1] + [(None, 2)]
+        encoding = {"input_ids": [p[1] for p in pieces], "attention_mask": [1] * len(pieces)}
+        return SimpleNamespace(**encoding, word_ids=lambda: [p[0] for p in pieces], keys=encoding.keys,
+                               __getitem__=encoding.__getitem__)  # fmt: skip
+
+
+def test_token_labels_sit_on_the_first_sub_token_and_truncated_words_count_as_missed():
+    example = SimpleNamespace(text=["Ann", "xxBell", "ran"], text_pair=None, label=[1, 2, 0])
+    features = [dict(input_ids=[1, 13, 16, 16, 13, 2], labels=None)]
+    tokenized = WordTokenizer()(example.text)
+    labels = []
+    seen = set()
+    for w in tokenized.word_ids():
+        labels.append(example.label[w] if w is not None and w not in seen else IGNORE)
+        seen.add(w)
+    assert labels == [IGNORE, 1, 2, IGNORE, 0, IGNORE]
+    # scoring: predictions only where labels are kept; a truncated tail is predicted "O"
+    predictions = np.array([[0, 1, 2, 2, 0, 0]])
+    assert score(NER, [example], predictions, np.array([labels])) == 100.0
+    cut = np.array([[IGNORE, 1, IGNORE, IGNORE, IGNORE, IGNORE]])  # only "Ann" fit
+    assert score(NER, [example], predictions, cut) == 0.0  # B-PER alone is not the entity "Ann Bell"
+    assert features
+
+
+def test_encode_with_a_real_fast_tokenizer_labels_first_sub_tokens():
+    from memtune.models import is_installed, load_tokenizer
+
+    if not is_installed("minilm"):
+        pytest.skip("the packaged MiniLM tokenizer is not installed")
+    tokenizer = load_tokenizer("minilm")
+    example = SimpleNamespace(text=["Ann", "Wolkenkratzer", "ran"], text_pair=None, label=[1, 0, 0])
+    (feature,) = encode([example], tokenizer, "token", max_length=32)
+    words = tokenizer(example.text, is_split_into_words=True).word_ids()
+    assert len(feature["labels"]) == len(words) and sum(l != IGNORE for l in feature["labels"]) == 3
+    assert words.count(1) > 1  # the long word is split, and only its first piece is labelled
+
+
+def test_best_trainable_restores_the_best_epoch_and_stops_after_patience():
+    model = torch.nn.Linear(2, 1)
+    best = BestTrainable(model, patience=2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    assert not best.update(50.0, 1.0)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    assert not best.update(40.0, 2.0)
+    assert best.update(45.0, 3.0)  # second evaluation without improvement
+    best.restore()
+    assert best.best_epoch == 1 and torch.equal(model.weight, torch.ones(1, 2))
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+@pytest.mark.parametrize("optimizer,tolerance", [("sgd", 1e-7), ("adamw_torch", 1e-5)])
+def test_two_ddp_processes_train_like_one_with_the_same_global_batch(tmp_path, optimizer, tolerance):
+    """2 CPU processes (gloo) with batch 4 each == 1 process with batch 8: same tensors, same scores."""
+    worker = str(Path(__file__).with_name("ddp_worker.py"))
+    env_cmd = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 300}
+    single = subprocess.run([sys.executable, worker, str(tmp_path / "single.pt"), "8", optimizer], **env_cmd)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run(
+        ["torchrun", "--standalone", "--nproc_per_node", "2", worker, str(tmp_path / "ddp.pt"), "4", optimizer], **env_cmd
+    )
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    a, b = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
+    assert a["tensors"].keys() == b["tensors"].keys() and a["eval"] == b["eval"] and a["valid"] == b["valid"]
+    for name in a["tensors"]:
+        torch.testing.assert_close(a["tensors"][name], b["tensors"][name], rtol=0, atol=tolerance, msg=name)
