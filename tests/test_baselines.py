@@ -14,7 +14,7 @@ from peft import PrefixTuningConfig, TaskType, get_peft_model
 
 import memtune
 from memtune.errors import ArchitectureError, ConfigError, MemtuneError
-from memtune.tuning import backbone_named_parameters
+from memtune.tuning import backbone_named_parameters, method_parameters
 
 from conftest import ARCHS, ENCODERS, batch, logits, tiny_model
 
@@ -64,7 +64,7 @@ def test_only_the_methods_parameters_and_the_head_get_gradients(arch, name):
     model = tiny_model(arch)
     memtune.attach(model, memtune.recipe(name, budget=8))
     state = model.memtune
-    trained = {id(p) for p in state.parameters()}
+    trained = {id(p) for p in method_parameters(model)}
     params = dict(model.named_parameters())
     trained |= {id(params[n]) for names in state.backbone_names.values() for n in names}
     trained |= {id(params[n]) for n in state.head_names}
@@ -75,7 +75,7 @@ def test_only_the_methods_parameters_and_the_head_get_gradients(arch, name):
         if id(p) not in trained:
             assert p.grad is None, n
     for key, method in state.methods.items():  # every method takes part in the forward
-        own = list(method.parameters()) + [params[n] for n in state.backbone_names[key]]
+        own = [p for _, p in method.own_parameters()] + [params[n] for n in state.backbone_names[key]]
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in own), key
 
 
@@ -121,7 +121,7 @@ def test_recipes_scale_with_the_budget():
     assert memtune.recipe("ft").learning_rate == 2e-5 and memtune.recipe("mt-mf").learning_rate == 1e-4
     with pytest.raises(ConfigError, match="budget must be a positive integer"):
         memtune.recipe("lora", 0)
-    with pytest.raises(ConfigError, match="budget >= 2"):
+    with pytest.raises(ConfigError, match="lora's rank is budget / 2, so it needs budget >= 2"):
         memtune.recipe("lora", 1)
 
 
@@ -185,11 +185,9 @@ def _copy_lora(ours, theirs):
     method = memtune.methods_of(ours)["lora"]
     names = {id(m): n for n, m in ours.named_modules()}
     with torch.no_grad():
-        for pair in method.lora.values():
-            pair["A"].weight.normal_(0, 0.3)
-            pair["B"].weight.normal_(0, 0.3)
-        for pair in method.lora.values():
+        for pair in method.pairs.values():
             for part in ("A", "B"):
+                pair[part].weight.normal_(0, 0.3)
                 name = names[id(pair[part])].replace(f".{method.adapter}", ".default")
                 theirs.get_submodule("base_model.model." + name).weight.copy_(pair[part].weight)
 
@@ -211,7 +209,7 @@ def test_lora_equals_peft_on_query_and_value(arch):
 
 def test_lora_update_is_equation_6():
     model = memtune.attach(tiny_model("bert"), memtune.LoraConfig(rank=4, scaling=3.0, layers=[0]))
-    pair = memtune.methods_of(model)["lora"].lora["0_query"]
+    pair = memtune.methods_of(model)["lora"].pairs["0_query"]
     with torch.no_grad():
         pair["B"].weight.normal_()
         query = model.bert.encoder.layer[0].attention.self.query
@@ -248,7 +246,7 @@ def test_merge_refuses_methods_that_add_computation():
 def test_lora_gate_multiplies_the_update_per_token():
     model = memtune.attach(tiny_model("bert"), memtune.LoraConfig(rank=4, gate=True, layers=[0], targets=["value"]))
     method = memtune.methods_of(model)["lora"]
-    pair, gate = method.lora["0_value"], method.gates["0_value"].linear
+    pair, gate = method.pairs["0_value"], method.gates["0_value"].linear
     with torch.no_grad():
         pair["B"].weight.normal_()
         value = model.bert.encoder.layer[0].attention.self.value
@@ -259,12 +257,15 @@ def test_lora_gate_multiplies_the_update_per_token():
 
 
 def test_bitfit_and_ft_train_what_the_paper_says():
+    d, L, d_ff = 32, 3, 48  # the tiny BERT (Table II assumes d_ff = 4d)
     model = memtune.attach(tiny_model("bert"), memtune.recipe("bitfit"))
     names = model.memtune.backbone_names["bitfit"]
-    assert names and all(n.endswith(".bias") for n in names)
-    assert len(names) == sum(1 for n, _ in backbone_named_parameters(model) if n.endswith(".bias"))
+    # embedding LN + per layer (q, k, v, o, 2 LNs, output: 7d; intermediate: d_ff) + pooler; = d + 11dL + d at 4d
+    assert memtune.parameter_report(model)["tuned"] == d + (7 * d + d_ff) * L + d
+    assert {n.split(".")[-2] for n in names} == {"LayerNorm", "query", "key", "value", "dense"}
     model = memtune.attach(tiny_model("bert"), memtune.FullConfig(layers=[2]))
     assert all(n.startswith("bert.encoder.layer.2.") for n in model.memtune.backbone_names["full"])
+    assert memtune.parameter_report(model)["tuned"] == 4 * d * d + 9 * d + 2 * d * d_ff + d_ff  # 12d^2 + 13d at 4d
     model = memtune.attach(tiny_model("bert"), memtune.recipe("ft"))
     assert memtune.parameter_report(model)["tuned"] == memtune.parameter_report(model)["backbone"]
 
@@ -320,23 +321,24 @@ def test_prefix_equals_peft_prefix_tuning(arch, head, task, reparameterize):
     torch.testing.assert_close(got[keep], expected[keep], rtol=1e-5, atol=1e-5)
 
 
-def test_gated_prefix_scales_each_examples_keys_and_values():
-    model = memtune.attach(tiny_model("bert"), memtune.PrefixConfig(prefix_length=3, gate=True, layers=[0]))
-    method = memtune.methods_of(model)["prefix"]
-    inputs = batch("bert")
-    captured = {}
-
-    def capture(module, args, kwargs):
-        captured["x"] = args[0] if args else kwargs["hidden_states"]
-
-    model.bert.encoder.layer[0].attention.self.register_forward_pre_hook(capture, with_kwargs=True)
-    logits(model, inputs)
+@pytest.mark.parametrize("arch", ["bert", "mpnet", "llama"])
+def test_gated_prefix_equals_a_prefix_scaled_by_its_gates(arch):
+    """With constant gates (zero weights), the gated prefix is the plain prefix with keys x g_k, values x g_v."""
+    base = tiny_model(arch)
+    gated = memtune.attach(copy.deepcopy(base), memtune.PrefixConfig(prefix_length=3, gate=True, reparameterize=False))
+    plain = memtune.attach(copy.deepcopy(base), memtune.PrefixConfig(prefix_length=3, reparameterize=False))
+    method = memtune.methods_of(gated)["prefix"]
     with torch.no_grad():
-        gate = torch.sigmoid(method.gates["0"](captured["x"])).mean(dim=1)  # (B, 2)
-        keys, values = method.key_values(0)
-        plain = method.layer_prefix(0).view(3, 2, 4, 8).permute(1, 2, 0, 3)
-    torch.testing.assert_close(keys, plain[0] * gate[:, 0, None, None, None])
-    torch.testing.assert_close(values, plain[1] * gate[:, 1, None, None, None])
+        for gate in method.gates.values():
+            gate.weight.zero_()
+            gate.bias.copy_(torch.tensor([0.7, -1.2]))
+        g_key, g_value = torch.sigmoid(torch.tensor(0.7)), torch.sigmoid(torch.tensor(-1.2))
+        width = method.prefix.shape[-1] // 2
+        scaled = torch.cat([method.prefix[..., :width] * g_key, method.prefix[..., width:] * g_value], dim=-1)
+        memtune.methods_of(plain)["prefix"].prefix.copy_(scaled)
+    inputs = batch(arch, pad="right" if arch in ENCODERS else "left")
+    torch.testing.assert_close(logits(gated, inputs), logits(plain, inputs), rtol=1e-5, atol=1e-5)
+    assert method._gate_values == {}  # nothing kept after the forward
 
 
 # --- composition and bad input ---------------------------------------------------------------------
@@ -352,11 +354,66 @@ def test_composition_attaches_several_methods_and_rejects_conflicts():
     with pytest.raises(MemtuneError, match="both train the backbone parameter"):
         memtune.attach(fresh, [memtune.FullConfig(), memtune.BitFitConfig()])
     assert not hasattr(fresh, "memtune") and all(p.requires_grad for p in fresh.parameters())
-    # disjoint LoRA configs get separate peft adapters and detach cleanly
+    # disjoint LoRA configs get separate peft adapters, both active, and detach cleanly
     model = memtune.attach(tiny_model("bert"), [memtune.LoraConfig(layers=[0]), memtune.LoraConfig(layers=[2], rank=2)])
     assert len(model.peft_config) == 2
+    inputs = batch("bert")
+    for key in ("lora", "lora_1"):
+        before = logits(model, inputs)
+        with torch.no_grad():
+            for pair in memtune.methods_of(model)[key].pairs.values():
+                pair["B"].weight.normal_()
+        assert not torch.allclose(logits(model, inputs), before), key  # each config takes part
     memtune.detach(model)
     assert not hasattr(model, "peft_config")
+
+
+def test_a_users_own_peft_lora_stays_active_and_survives_detach():
+    from peft import inject_adapter_in_model
+
+    model = tiny_model("bert")
+    inject_adapter_in_model(PeftLoraConfig(r=2, target_modules=["query"]), model, adapter_name="mine")
+    query = model.bert.encoder.layer[0].attention.self.query
+    with torch.no_grad():
+        query.lora_B["mine"].weight.normal_()
+    inputs = batch("bert")
+    users = logits(model, inputs)
+    memtune.attach(model, memtune.LoraConfig(rank=2))  # wraps value, adds an adapter to the user's query layer
+    assert set(query.active_adapters) == {"mine", memtune.methods_of(model)["lora"].adapter}
+    torch.testing.assert_close(logits(model, inputs), users)  # memtune's B is zero: the user's LoRA still acts
+    memtune.detach(model)
+    assert query.active_adapters == ["mine"] and list(query.lora_A) == ["mine"]
+    assert list(model.peft_config) == ["mine"]
+    torch.testing.assert_close(logits(model, inputs), users, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["lora", "unipelt", "mam"])
+def test_save_pretrained_works_while_attached(name, tmp_path):
+    """LoRA's matrices are registered once (in peft's layers), so HF checkpoints have no shared tensors."""
+    model = memtune.attach(tiny_model("bert"), memtune.recipe(name, budget=8))
+    model.save_pretrained(tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").exists()
+
+
+def test_lora_dropout_follows_the_models_eval_mode():
+    model = memtune.attach(tiny_model("bert"), memtune.LoraConfig(rank=4, dropout=0.5))  # tiny_model is in eval mode
+    with torch.no_grad():
+        for pair in memtune.methods_of(model)["lora"].pairs.values():
+            pair["B"].weight.normal_()
+    inputs = batch("bert")
+    torch.testing.assert_close(logits(model, inputs), logits(model, inputs), rtol=0, atol=0)
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(**inputs).logits, model(**inputs).logits)
+
+
+def test_gated_prefix_refuses_cached_decoding_and_generates_without_cache():
+    model = memtune.attach(tiny_model("gpt2"), memtune.recipe("unipelt", budget=8))
+    inputs = batch("gpt2", batch_size=1)
+    with pytest.raises(MemtuneError, match="generate with use_cache=False"):
+        model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=True)
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert out.shape == (1, 10)
 
 
 @pytest.mark.parametrize(
@@ -392,6 +449,10 @@ def test_failed_attach_leaves_the_model_untouched():
 def test_deepcopy_of_an_attached_model_is_independent(name):
     model = memtune.attach(tiny_model("bert"), memtune.recipe(name, budget=8))
     inputs = batch("bert")
+    model.train()
+    _loss(model, inputs).backward()  # a forward with gradients leaves nothing on the modules
+    model.zero_grad()
+    model.eval()
     clone = copy.deepcopy(model)
     torch.testing.assert_close(logits(clone, inputs), logits(model, inputs))
     _train_step(clone, inputs)
@@ -403,7 +464,7 @@ def test_deepcopy_of_an_attached_model_is_independent(name):
 @pytest.mark.parametrize("name", ["lora", "mam", "unipelt"])
 def test_methods_follow_a_bf16_backbone(name):
     model = memtune.attach(tiny_model("bert").to(torch.bfloat16), memtune.recipe(name, budget=8))
-    assert {p.dtype for p in model.memtune.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in method_parameters(model)} == {torch.bfloat16}
     assert logits(model, batch("bert")).dtype == torch.bfloat16
 
 
@@ -414,7 +475,7 @@ def test_activation_checkpointing_gives_the_same_gradients(name):
     for checkpointing in (False, True):
         model = memtune.attach(tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), memtune.recipe(name, budget=8))
         with torch.no_grad():
-            for p in model.memtune.parameters():
+            for p in method_parameters(model):
                 p.normal_(0, 0.2)
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

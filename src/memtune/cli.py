@@ -58,6 +58,7 @@ def params_rows(model_name: str, methods: list[str], budget: int, head: str, num
     """One row per method: measured counts and, where the paper has a formula, its value."""
     from . import attach, detach, parameter_report, recipe
     from .arch import arch_for, dims_of
+    from .methods.recipes import RECIPES
     from .params import PAPER_PERCENTAGES, TABLE_II, paper_formula_values
 
     recipes = [recipe(name, budget) for name in methods]  # unknown names fail before any model is built
@@ -91,7 +92,7 @@ def params_rows(model_name: str, methods: list[str], budget: int, head: str, num
                     "stored_pct": _pct(formula[1], backbone),
                     "note": TABLE_II[r.name].note,
                 },
-                "paper_printed_pct": printed.get(r.name) if budget == 32 else None,
+                "paper_printed_pct": printed.get(r.name) if budget == 32 or not RECIPES[r.name].uses_budget else None,
             }
         )
     return rows

@@ -25,7 +25,7 @@ from .errors import CheckpointError, MemtuneError
 from .methods.base import MethodConfig
 from .methods.recipes import Recipe
 from .params import parameter_report
-from .tuning import STATE_ATTR, attach, detach, identity_of, is_transformers_model, state_of
+from .tuning import STATE_ATTR, attach, detach, identity_of, is_transformers_model, method_parameters, state_of
 from .version import FORMAT_VERSION, __version__
 
 CONFIG_FILE = "memtune_config.json"
@@ -209,5 +209,5 @@ def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Pa
                     f"{tuple(params[name].shape)} in the model (e.g. a different num_labels)"
                 )
             params[name].copy_(tensors[file_name])
-    for p in state.parameters():
+    for p in method_parameters(model):
         p.requires_grad_(True)

@@ -37,7 +37,7 @@ def parameter_report(model: nn.Module) -> dict[str, Any]:
         own_backbone = [n for n in state.backbone_names[key] if n not in counted]  # a LayerNorm counts once
         counted.update(own_backbone)
         extra = sum(params[n].numel() for n in own_backbone)
-        tuned = sum(p.numel() for p in method.parameters()) + extra
+        tuned = sum(p.numel() for _, p in method.own_parameters()) + extra
         stored = sum(t.numel() for t in method.stored_state().values()) + extra
         report["methods"][key] = {
             "tuned": tuned,

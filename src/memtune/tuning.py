@@ -80,10 +80,16 @@ def _check_conflicts(configs: list[MethodConfig], dims: Dims) -> None:
                 )
 
 
-def _method_parameter_ids(model: nn.Module) -> set[int]:
-    """Parameters that belong to memtune's methods, including those a method put inside the backbone (LoRA)."""
+def method_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of memtune's methods, including those a method keeps inside the backbone (LoRA)."""
     state = getattr(model, STATE_ATTR, None)
-    return {id(p) for p in state.parameters()} if isinstance(state, TuningState) else set()
+    if not isinstance(state, TuningState):
+        return []
+    return [p for method in state.methods.values() for _, p in method.own_parameters()]
+
+
+def _method_parameter_ids(model: nn.Module) -> set[int]:
+    return {id(p) for p in method_parameters(model)}
 
 
 def backbone_named_parameters(model: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
@@ -221,7 +227,7 @@ def _set_trainable(model: nn.Module, state: TuningState) -> None:
     for name in trained:
         state.originals.append((params[name], params[name].detach().clone()))
         params[name].requires_grad_(True)
-    for p in state.parameters():
+    for p in method_parameters(model):
         p.requires_grad_(True)
 
 

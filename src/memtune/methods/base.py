@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn as nn
@@ -104,6 +104,10 @@ class TunedMethod(nn.Module):
     def install(self, model: nn.Module, arch: ArchSpec, handles: "HookHandles") -> None:
         """Hook the method into ``model``, adding to ``handles`` a removable handle per change as it goes."""
         raise NotImplementedError
+
+    def own_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The method's own parameters (registered here, or inside the model for LoRA), with stable names."""
+        return self.named_parameters()
 
     def backbone_trainable(self, model: nn.Module) -> list[str]:
         """Names of backbone parameters this method trains besides its own (e.g. LayerNorms)."""

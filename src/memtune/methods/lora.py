@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Iterator
 import torch
 import torch.nn as nn
 
@@ -40,22 +41,46 @@ class LoraGate(nn.Module):
         return output * torch.sigmoid(self.linear(inputs[0]))  # (..., n, 1) per token
 
 
-class Unwrap:
-    """Removable handle: puts a wrapped module's ``base_layer`` back and forgets the peft adapter."""
+class LoraHandle:
+    """Removable handle for one LoRA config: takes memtune's peft adapter out of every target again.
 
-    def __init__(self, model: nn.Module, wrappers: list[tuple[nn.Module, str, nn.Module]], adapter: str, created: bool):
-        self.model, self.wrappers, self.adapter, self.created = model, wrappers, adapter, created
+    A target memtune wrapped is unwrapped (its ``base_layer`` put back); a target that already was a peft
+    layer (the user's own LoRA) only loses memtune's adapter. Other peft layers' active adapters are put
+    back as they were. Safe after a partial injection: targets without the adapter are left alone."""
+
+    def __init__(self, model: nn.Module, adapter: str, targets: dict[str, str], created_config: bool):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.model, self.adapter, self.targets, self.created_config = model, adapter, targets, created_config
+        self.active_before = [
+            (module, list(module.active_adapters)) for module in model.modules() if isinstance(module, BaseTunerLayer)
+        ]
+        self.wrapped_before = {name for name in targets.values() if isinstance(model.get_submodule(name), BaseTunerLayer)}
         self.keep_merged = False
 
+    def restore_active(self, ours: list[nn.Module]) -> None:
+        """peft activates only the newest adapter in every layer; keep the others active as they were."""
+        for module, active in self.active_before:
+            module.set_adapter(active + ([self.adapter] if any(module is m for m in ours) else []))
+
     def remove(self) -> None:
-        for parent, name, wrapper in reversed(self.wrappers):
-            if getattr(wrapper, "merged", False) and not self.keep_merged:
-                wrapper.unmerge()
-            setattr(parent, name, wrapper.base_layer)
+        for name in self.targets.values():
+            module = self.model.get_submodule(name)
+            if self.adapter not in getattr(module, "lora_A", {}):
+                continue
+            if getattr(module, "merged", False) and not self.keep_merged:
+                module.unmerge()
+            if name in self.wrapped_before:
+                module.delete_adapter(self.adapter)
+            else:
+                parent, _, child = name.rpartition(".")
+                setattr(self.model.get_submodule(parent) if parent else self.model, child, module.get_base_layer())
+        for module, active in self.active_before:
+            module.set_adapter(active)
         configs = getattr(self.model, "peft_config", None)
         if isinstance(configs, dict):
             configs.pop(self.adapter, None)
-            if self.created and not configs:
+            if self.created_config and not configs:
                 del self.model.peft_config
 
 
@@ -68,7 +93,10 @@ class LoraConfig(MethodConfig):
     rank: int = help_field(16, "Rank r of W_down W_up (paper: 16, aligned with an r = 32 adapter).")
     scaling: float = help_field(1.0, "The scalar s of Eq. (6) (peft's lora_alpha / r).")
     dropout: float = help_field(0.0, "Dropout on the LoRA branch's input.")
-    targets: list[str] = help_field(("query", "value"), f"Projections to adapt, from {ROLES} (paper: query, value).")
+    targets: list[str] = help_field(
+        ("query", "value"),
+        f"Projections to adapt, from {ROLES} (paper: query, value). GPT-2 fuses them in c_attn, adapted as one.",
+    )
     gate: bool = help_field(False, "UniPELT: multiply the update by a learned per-token gate sigmoid(x W_g + b_g).")
 
     def __post_init__(self):
@@ -88,19 +116,42 @@ class LoraConfig(MethodConfig):
 
 
 class LoraMethod(TunedMethod):
-    """peft LoRA layers on the chosen projections; ``lora`` holds their A/B matrices under stable names."""
+    """peft LoRA layers on the chosen projections. Their A/B matrices stay registered in peft's layers only
+    (a second registration would make them shared tensors, which ``save_pretrained`` refuses); memtune
+    reaches them through ``pairs`` and names them ``lora.<layer>_<role>.A|B.weight``."""
 
     def __init__(self, config: LoraConfig, dims: Dims):
         super().__init__(config)
         self.layer_indices = config.layer_indices(dims)
-        self.lora = nn.ModuleDict()  # "<layer>_<role>" -> ModuleDict(A=lora_A, B=lora_B), filled by install
         self.gates = nn.ModuleDict()
+        self.pairs: dict[str, dict[str, nn.Linear]] = {}  # "<layer>_<role>" -> {"A": lora_A, "B": lora_B}
         self.adapter: str | None = None
-        self._unwrap: Unwrap | None = None
+        self._handle: LoraHandle | None = None
 
     @property
     def mergeable(self) -> bool:  # type: ignore[override]
         return not self.config.gate
+
+    def own_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for key, pair in self.pairs.items():
+            for part, linear in pair.items():
+                yield f"lora.{key}.{part}.weight", linear.weight
+        for name, p in self.gates.named_parameters():
+            yield f"gates.{name}", p
+
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.own_parameters()}
+
+    def load_stored(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.own_parameters())
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise RuntimeError(f"LoRA tensors do not match: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        with torch.no_grad():
+            for name, p in own.items():
+                if tuple(state[name].shape) != tuple(p.shape):
+                    raise RuntimeError(f"LoRA tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}")
+                p.copy_(state[name])
 
     def targets(self, model: nn.Module, arch: ArchSpec) -> dict[str, str]:
         """``{"<layer>_<role>": full module name}``, one entry per distinct module (GPT-2 fuses q, k, v)."""
@@ -119,44 +170,52 @@ class LoraMethod(TunedMethod):
         from peft import inject_adapter_in_model
 
         targets = self.targets(model, arch)
-        modules = [model.get_submodule(n) for n in targets.values()]
-        if not all(isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D" for m in modules):
-            kinds = sorted({type(m).__name__ for m in modules})
+        bases = [_base_layer(model.get_submodule(n)) for n in targets.values()]
+        if not all(isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D" for m in bases):
+            kinds = sorted({type(m).__name__ for m in bases})
             raise ArchitectureError(f"LoRA targets must be Linear (or GPT-2 Conv1D) layers, found {kinds}")
-        created = not hasattr(model, "peft_config")
         taken = set(getattr(model, "peft_config", {}) or {})
         self.adapter = next(f"memtune{n}" for n in range(len(taken) + 1) if f"memtune{n}" not in taken)
+        self._handle = LoraHandle(model, self.adapter, targets, created_config=not hasattr(model, "peft_config"))
+        handles.add(self._handle)  # before injecting: a failure half-way is undone too
         peft_config = PeftLoraConfig(
             r=self.config.rank,
             lora_alpha=self.config.scaling * self.config.rank,
             lora_dropout=self.config.dropout,
             target_modules=list(targets.values()),
-            fan_in_fan_out=type(modules[0]).__name__ == "Conv1D",
+            fan_in_fan_out=type(bases[0]).__name__ == "Conv1D",
             bias="none",
         )
         with warnings.catch_warnings():
             if all(name.startswith("memtune") for name in taken):  # only memtune's own adapters are there
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
             inject_adapter_in_model(peft_config, model, adapter_name=self.adapter)
-        wrappers = []
-        for key, name in targets.items():
-            parent_name, _, child = name.rpartition(".")
-            wrapper = model.get_submodule(name)
-            wrappers.append((model.get_submodule(parent_name), child, wrapper))
-            self.lora[key] = nn.ModuleDict({"A": wrapper.lora_A[self.adapter], "B": wrapper.lora_B[self.adapter]})
-        self._unwrap = Unwrap(model, wrappers, self.adapter, created)
-        handles.add(self._unwrap)
+        wrappers = {key: model.get_submodule(name) for key, name in targets.items()}
+        self._handle.restore_active(list(wrappers.values()))
+        for key, wrapper in wrappers.items():
+            training = wrapper.get_base_layer().training  # new modules start in train mode; follow the model's
+            for part in (wrapper.lora_A, wrapper.lora_B, wrapper.lora_dropout):
+                part[self.adapter].train(training)
+            if targets[key] not in self._handle.wrapped_before:
+                wrapper.training = training
+            self.pairs[key] = {"A": wrapper.lora_A[self.adapter], "B": wrapper.lora_B[self.adapter]}
         if self.config.gate:
-            for key, (_, _, wrapper) in zip(targets, wrappers):
-                gate = LoraGate(wrapper.lora_A[self.adapter].in_features)
+            for key, wrapper in wrappers.items():
                 weight = wrapper.lora_A[self.adapter].weight
-                self.gates[key] = gate.to(device=weight.device, dtype=weight.dtype)
-                handles.add(wrapper.lora_dropout[self.adapter].register_forward_hook(self.gates[key].gate_input))
+                gate = LoraGate(wrapper.lora_A[self.adapter].in_features).to(device=weight.device, dtype=weight.dtype)
+                gate.train(wrapper.get_base_layer().training)
+                self.gates[key] = gate
+                handles.add(wrapper.lora_dropout[self.adapter].register_forward_hook(gate.gate_input))
 
     def merge(self) -> None:
         """W <- W + s W_down W_up in every wrapped projection (peft's merge); detach then keeps it."""
         if self.config.gate:
             raise ConfigError("a gated (UniPELT) LoRA depends on each token and cannot be merged into the weights")
-        for _, _, wrapper in self._unwrap.wrappers:
-            wrapper.merge(adapter_names=[self.adapter])
-        self._unwrap.keep_merged = True
+        for name in self._handle.targets.values():
+            self._handle.model.get_submodule(name).merge(adapter_names=[self.adapter])
+        self._handle.keep_merged = True
+
+
+def _base_layer(module: nn.Module) -> nn.Module:
+    """The plain layer under any peft wrapper."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module

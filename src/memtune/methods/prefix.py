@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..attention import install_interface_prefix, install_projection_prefix, use_prefix_attention
+from ..errors import MemtuneError
 from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, probability, register_method
 
 
@@ -88,9 +89,20 @@ class PrefixMethod(TunedMethod):
     def remember_gates(self, j: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook on layer j's attention: G_P = mean over tokens of sigmoid(x W_g + b_g), (B, 2).
 
-        As in AdapterHub's UniPELT, the mean runs over every position of the input, padding included."""
+        As in AdapterHub's UniPELT, the mean runs over every position of the input, padding included. It
+        depends on the whole input, so cached decoding (which sees only the new tokens) is refused."""
+        cache = kwargs.get("past_key_values")
+        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length(getattr(module, "layer_idx", 0) or 0) > 0:
+            raise MemtuneError(
+                "a gated prefix (UniPELT) averages its gate over the whole input, which cached decoding does not "
+                "see; generate with use_cache=False"
+            )
         hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, d)
         self._gate_values[j] = torch.sigmoid(self.gates[str(j)](hidden)).mean(dim=1)
+
+    def forget_gates(self, j: int, module: nn.Module, args: tuple, output: object) -> None:
+        """Forward hook: drop the gate values once the layer is done (no graph kept between steps)."""
+        self._gate_values.pop(j, None)
 
     def full_prefix(self) -> torch.Tensor:
         """All tuned layers' prefixes, (L, l, 2 d_kv): the stored form."""
@@ -114,6 +126,7 @@ class PrefixMethod(TunedMethod):
         if self.config.gate:  # first, so that the gates see the layer's own input
             for j, attention in enumerate(attentions):
                 handles.add(attention.register_forward_pre_hook(partial(self.remember_gates, j), with_kwargs=True))
+                handles.add(attention.register_forward_hook(partial(self.forget_gates, j)))
         if arch.prefix_seam == "projection":
             for j, attention in enumerate(attentions):
                 handles.extend(install_projection_prefix(attention, arch, self, j))

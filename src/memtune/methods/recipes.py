@@ -36,9 +36,9 @@ class Recipe:
         return len(self.configs)
 
 
-def _split(budget: int) -> tuple[int, int]:
+def _split(budget: int, what: str = "a composite recipe splits its budget in two") -> tuple[int, int]:
     if budget < 2:
-        raise ConfigError(f"a composite recipe splits its budget in two, so it needs budget >= 2, got {budget}")
+        raise ConfigError(f"{what}, so it needs budget >= 2, got {budget}")
     return budget // 2, budget - budget // 2
 
 
@@ -49,7 +49,11 @@ def _mam(budget: int) -> list[MethodConfig]:
 
 
 def _unipelt(budget: int) -> list[MethodConfig]:
-    """UniPELT (Mao et al. 2022): gated prefix l = 10, adapter r = 16, LoRA r = 8 at 32, scaled with the budget."""
+    """UniPELT (Mao et al. 2022): gated prefix l = 10, adapter r = 16, LoRA r = 8 at 32, scaled with the budget.
+
+    The adapter's r = 16 aligns it with the other methods' budget; AdapterHub's UniPELT config uses a
+    reduction factor of 16 instead (r = d / 16, 48 for BERT-base). Adapter and LoRA gates are per token here
+    (AdapterHub averages them over the sequence), which keeps them independent of padding and of the cache."""
     length, bottleneck, rank = (max(1, (n * budget + 16) // 32) for n in (10, 16, 8))  # rounded half up
     return [
         PrefixConfig(prefix_length=length, gate=True),
@@ -63,15 +67,16 @@ class RecipeSpec:
     help: str
     build: Callable[[int], list[MethodConfig]]
     learning_rate: float = 1e-4
+    uses_budget: bool = True
 
 
 RECIPES: dict[str, RecipeSpec] = {
-    "ft": RecipeSpec("full fine-tuning: every backbone parameter (budget unused)", lambda b: [FullConfig()], 2e-5),
-    "bitfit": RecipeSpec("BitFit: every bias of the backbone (budget unused)", lambda b: [BitFitConfig()]),
+    "ft": RecipeSpec("full fine-tuning: every backbone parameter (budget unused)", lambda b: [FullConfig()], 2e-5, False),
+    "bitfit": RecipeSpec("BitFit: every bias of the backbone (budget unused)", lambda b: [BitFitConfig()], 1e-4, False),
     "adapter": RecipeSpec(
         "Pfeiffer adapter on every FFN output, ReLU, residual: r = budget", lambda b: [AdapterConfig(bottleneck=b)]
     ),
-    "lora": RecipeSpec("LoRA (peft) on query and value: r = budget / 2", lambda b: [LoraConfig(rank=_split(b)[0])]),
+    "lora": RecipeSpec("LoRA (peft) on query and value: r = budget / 2", lambda b: [LoraConfig(rank=_split(b, "lora's rank is budget / 2")[0])]),
     "prefix": RecipeSpec("P-tuning v2 prefix (same as mt-m): l = budget, m = d", lambda b: [PrefixConfig(prefix_length=b)]),
     "mam": RecipeSpec("MAM: prefix + scaled parallel adapter (s = 4): l + r = budget, l = r up to 32, else l = 8, r = budget", _mam),
     "unipelt": RecipeSpec("UniPELT: gated prefix + adapter + LoRA: l, r, r_LoRA = 10, 16, 8 x budget / 32", _unipelt),
