@@ -287,6 +287,10 @@ def train_and_evaluate(
         compute_metrics=compute_metrics,
         callbacks=[_callback(best, "eval_score")],
     )
+    if not progress:  # summary lines only: no per-epoch log dicts either
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     with PeakMemory() as memory:
         start = time.perf_counter()
         trainer.train()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -62,12 +63,25 @@ def load_for_task(model_name: str, task: Any) -> tuple[Any, Any]:
 
     tokenizer = load_tokenizer(model_name)
     auto = AutoModelForSequenceClassification if task.kind == "sentence" else AutoModelForTokenClassification
-    model = load_model(model_name, auto, num_labels=len(task.labels))
+    with _quiet_transformers():  # the new head's "MISSING" weights report is expected: it is trained here
+        model = load_model(model_name, auto, num_labels=len(task.labels))
     if tokenizer.pad_token is None:  # decoder-only models: pad with the end-of-sequence token
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+@contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def run_one(spec: RunSpec, model_name: str, profile: str, overrides: dict[str, Any], data_dir: str | None, progress: bool) -> dict[str, Any]:

@@ -1,0 +1,83 @@
+"""`memtune compare` end to end on a tiny saved model and the fixture data: records, resume, refusal, tables."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+from memtune.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer BERT and a word-level tokenizer saved like any hub model."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = {w for f in FIXTURES.rglob("*") if f.is_file() for w in f.read_text(errors="ignore").split()}
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *sorted(words)[:400]])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=512)  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def compare(capsys, model, out, *extra):
+    code = main(["compare", "--model", str(model), "--data-dir", str(FIXTURES), "--out", str(out), "--epochs", "1",
+                 "--max-steps", "2", "--no-progress", *extra])  # fmt: skip
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_compare_writes_records_resumes_and_renders_tables(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    code, text, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb,conll2004", "--methods", "lora,mt-mf", "--seeds", "1")
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["method"], r["seed"]) for r in records] == [
+        ("cb", "lora", 0), ("cb", "mt-mf", 0), ("conll2004", "lora", 0), ("conll2004", "mt-mf", 0)
+    ]  # fmt: skip
+    first = records[0]
+    assert first["metric"] == "accuracy" and records[2]["metric"] == "entity_f1"
+    assert "held out" in first["eval_source"] and first["settings"]["max_train_steps"] == 2
+    assert first["tuned"] > 0 and first["train_seconds"] >= 0 and first["peak_memory_mb"] > 0
+    assert "| Method | #Tuned | #Stored | CB | CN4 | Avg. score | Avg. rank |" in (out / "table3.md").read_text()
+    assert "4 runs, 0 already" in text
+
+    # a second seed: the four finished runs are not redone, four new ones are appended
+    code, text, _ = compare(capsys, tiny_model_dir, out, "--tasks", "cb,conll2004", "--methods", "lora,mt-mf", "--seeds", "2")
+    assert code == 0 and "8 runs, 4 already" in text
+    assert len((out / "results.jsonl").read_text().splitlines()) == 8
+
+    # other settings into the same folder are refused, nothing is written
+    code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "lora", "--seeds", "1", "--lr", "0.1")
+    assert code == 2 and "holds runs of another configuration" in err and "overrides" in err
+    assert len((out / "results.jsonl").read_text().splitlines()) == 8
+
+    # tables can be rendered again from the file alone
+    (out / "table3.md").unlink()
+    assert main(["table", "--out", str(out)]) == 0 and (out / "table3.md").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tasks", "cola"], "unknown task 'cola'; known tasks: sst2, mrpc"),
+        (["--methods", "lorra"], "unknown recipe 'lorra'; known recipes"),
+        (["--seeds", "0,0"], "--seeds must be a count or distinct non-negative integers"),
+        (["--budgets", "8,x"], "--budgets must be comma-separated integers"),
+    ],
+)
+def test_compare_bad_input_exits_2_before_training(capsys, tmp_path, argv, message):
+    code, _, err = compare(capsys, "minilm", tmp_path / "out", *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
