@@ -81,3 +81,20 @@ def test_compare_bad_input_exits_2_before_training(capsys, tmp_path, argv, messa
     code, _, err = compare(capsys, "minilm", tmp_path / "out", *argv)
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_budget_sweep_and_low_data_give_fig2_and_table5(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "sweep"
+    code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "conll2004", "--methods", "lora,mt-mf", "--seeds", "1",
+                           "--budgets", "4,8")  # fmt: skip
+    assert code == 0, err
+    rows = (out / "budget_sweep.csv").read_text().splitlines()
+    assert rows[0] == "task,method,budget,mean,std,runs" and len(rows) == 1 + 4
+    assert (out / "budget_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    low = tmp_path / "low"
+    code, _, err = compare(capsys, tiny_model_dir, low, "--tasks", "conll2004", "--methods", "lora", "--seeds", "2",
+                           "--train-size", "2,3")  # fmt: skip
+    assert code == 0, err
+    records = [json.loads(line) for line in (low / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["train_size"], r["seed"], r["n_train"]) for r in records) == [(2, 0, 2), (2, 1, 2), (3, 0, 3), (3, 1, 3)]
+    assert "conll2004 (2)" in (low / "table5.md").read_text()
