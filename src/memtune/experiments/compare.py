@@ -76,12 +76,15 @@ def load_for_task(model_name: str, task: Any) -> tuple[Any, Any]:
 def _quiet_transformers():
     from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def run_one(spec: RunSpec, model_name: str, profile: str, overrides: dict[str, Any], data_dir: str | None, progress: bool) -> dict[str, Any]:
