@@ -178,6 +178,8 @@ def compare(
     done = {run_key(r) for r in records}
     runs = plan(tasks, methods, seeds, list(budgets), list(train_sizes))
     todo = [r for r in runs if r.key not in done]
+    if not is_main_process():  # under torchrun every process trains; one reports
+        log = lambda message: None  # noqa: E731
     log(f"memtune compare: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to do")
     started = time.perf_counter()
     for n, spec in enumerate(todo, start=1):
