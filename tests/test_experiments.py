@@ -101,3 +101,21 @@ def test_reports_are_written_from_records_alone(tmp_path):
     assert "rte (128)" in (tmp_path / "table5.md").read_text()
     rows = sweep_rows([r for r in sweep])
     assert [(r["method"], r["budget"], r["mean"]) for r in rows][:2] == [("lora", 8, 51.5), ("lora", 32, 54.5)]
+
+
+def _append_many(path, tag, n):
+    for i in range(n):
+        append_result(path, {**record("rte", tag, i, float(i)), "padding": "x" * 5000})
+
+
+def test_appends_from_parallel_processes_stay_whole(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "results.jsonl"
+    processes = [multiprocessing.Process(target=_append_many, args=(path, tag, 40)) for tag in ("ft", "lora")]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join()
+    records = read_results(path)
+    assert len(records) == 80 and {r["method"] for r in records} == {"ft", "lora"}

@@ -7,6 +7,7 @@ last line is skipped with a warning, cut before the next append, and its run is 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import warnings
@@ -60,24 +61,28 @@ def check_config(records: Iterable[dict[str, Any]], config: dict[str, Any], path
 
 
 def append_result(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one record as a line; flushed and fsynced before returning."""
+    """Append one record as a line; flushed and fsynced before returning.
+
+    An exclusive lock on the file makes appends from several ``compare`` processes sharing one results
+    file (e.g. different tasks in parallel, same settings) follow each other whole."""
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
-    _drop_incomplete_last_line(file)
-    with open(file, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with open(file, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            _drop_incomplete_last_line(f)
+            f.write((json.dumps(record, sort_keys=True) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _drop_incomplete_last_line(file: Path) -> None:
+def _drop_incomplete_last_line(f) -> None:
     """Cut a fragment left by an interrupted write (bytes after the last newline), which holds no record."""
-    if not file.exists() or file.stat().st_size == 0:
-        return
-    data = file.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    with open(file, "r+b") as f:
+    f.seek(0)
+    data = f.read()
+    if data and not data.endswith(b"\n"):
         f.truncate(data.rfind(b"\n") + 1)
         f.flush()
         os.fsync(f.fileno())
