@@ -23,7 +23,7 @@ def _sources(records: list[dict[str, Any]]) -> str:
     lines = []
     for task in dict.fromkeys(r["task"] for r in records):
         first = next(r for r in records if r["task"] == task)
-        notes = "; ".join(first.get("notes") or [])
+        notes = " ".join(n.rstrip(".") + "." for n in first.get("notes") or [])
         lines.append(
             f"- {TASK_NAMES.get(task, task)} ({first['metric']}): scored on {first['eval_source']}; early stopping on "
             f"{first['valid_source']}; {first['n_train']} training examples." + (f" {notes}" if notes else "")

@@ -41,10 +41,10 @@ def summarize(records: list[dict[str, Any]], column: str = "task") -> dict[str, 
 
     ``column`` is the record field that makes the table's columns ("task", or e.g. "task_size")."""
     scores: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    params: dict[str, tuple[float, float]] = {}
+    params: dict[str, list[tuple[float, float]]] = defaultdict(list)  # the % can differ by head (pooler or not)
     for r in records:
         scores[(r["method"], r[column])][r["seed"]] = float(r["score"])
-        params[r["method"]] = (r["tuned_pct"], r["stored_pct"])
+        params[r["method"]].append((r["tuned_pct"], r["stored_pct"]))
     methods = _ordered({m for m, _ in scores})
     columns = sorted({c for _, c in scores}, key=lambda c: [r[column] for r in records].index(c))
     seeds = sorted({s for cell in scores.values() for s in cell})
@@ -60,7 +60,7 @@ def summarize(records: list[dict[str, Any]], column: str = "task") -> dict[str, 
             average[m], rank[m] = _mean_std(per_seed_avg), _mean_std(per_seed_rank)
     return {
         "methods": methods, "columns": columns, "cells": cells, "params": params, "average": average,
-        "rank": rank, "seeds": seeds, "complete_seeds": complete,
+        "rank": rank, "seeds": seeds, "complete_seeds": complete, "counts": {k: len(v) for k, v in scores.items()},
     }  # fmt: skip
 
 
@@ -74,6 +74,12 @@ def _marks(values: dict[str, float], higher_is_better: bool = True) -> dict[str,
         elif len(distinct) > 1 and v == distinct[1]:
             marks[m] = "second"
     return marks
+
+
+def _pct_range(values: list[float]) -> str:
+    """'0.65%', or '8.52–8.57%' when tasks differ (a token head has no pooler, so the backbone is smaller)."""
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return f"{low}%" if low == high else f"{low}–{high}%"
 
 
 def _fmt(mean: float, std: float, mark: str | None) -> str:
@@ -91,10 +97,12 @@ def markdown_table(summary: dict[str, Any], column_names: dict[str, str] | None 
     rank_marks = _marks({m: v[0] for m, v in summary["rank"].items()}, higher_is_better=False)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
-        tuned, stored = summary["params"][m]
-        row = [DISPLAY.get(m, m), f"{tuned:.2f}%", f"{stored:.2f}%"]
+        pcts = summary["params"][m]
+        row = [DISPLAY.get(m, m), _pct_range([t for t, _ in pcts]), _pct_range([s for _, s in pcts])]
         for c in columns:
-            row.append(_fmt(*cells[(m, c)], marks[c].get(m)) if (m, c) in cells else "–")
+            n = summary["counts"].get((m, c), 0)
+            partial = f" (n={n})" if 0 < n < len(summary["seeds"]) else ""  # fewer seeds than the others
+            row.append(_fmt(*cells[(m, c)], marks[c].get(m)) + partial if (m, c) in cells else "–")
         row.append(_fmt(*summary["average"][m], avg_marks.get(m)) if m in summary["average"] else "–")
         row.append(_fmt(*summary["rank"][m], rank_marks.get(m)) if m in summary["rank"] else "–")
         lines.append("| " + " | ".join(row) + " |")
@@ -111,13 +119,13 @@ def csv_table(summary: dict[str, Any], column_names: dict[str, str] | None = Non
     names = column_names or {}
     out = io.StringIO()
     writer = csv.writer(out)
-    header = ["method", "tuned_pct", "stored_pct"]
+    header = ["method", "tuned_pct_min", "tuned_pct_max", "stored_pct_min", "stored_pct_max"]
     for c in summary["columns"]:
         header += [f"{names.get(c, c)}_mean", f"{names.get(c, c)}_std"]
     writer.writerow(header + ["avg_mean", "avg_std", "rank_mean", "rank_std"])
     for m in summary["methods"]:
-        tuned, stored = summary["params"][m]
-        row: list[Any] = [m, round(tuned, 4), round(stored, 4)]
+        tuned, stored = [t for t, _ in summary["params"][m]], [s for _, s in summary["params"][m]]
+        row: list[Any] = [m, round(min(tuned), 4), round(max(tuned), 4), round(min(stored), 4), round(max(stored), 4)]
         for c in summary["columns"]:
             row += [round(v, 4) for v in summary["cells"][(m, c)]] if (m, c) in summary["cells"] else ["", ""]
         for part in ("average", "rank"):
