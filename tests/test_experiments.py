@@ -56,7 +56,7 @@ def test_missing_runs_show_a_dash_and_leave_averages_to_complete_seeds():
     s = summarize(partial)
     assert s["complete_seeds"] == [0]
     assert s["average"]["lora"] == pytest.approx((74.0, 0.0))
-    assert "90.0 ± 0.0 (n=1)" in markdown_table(s)  # a cell with fewer seeds says so
+    assert "**90.0 ± 0.0** (n=1)" in markdown_table(s)  # a cell with fewer seeds says so
     assert "CB" in csv_table(s, {"cb": "CB"}).splitlines()[0].replace("cb", "CB")
 
 
