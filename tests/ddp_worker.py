@@ -46,6 +46,16 @@ def main(out_path, batch_size, optimizer):
     if int(os.environ.get("RANK", "0")) == 0:
         trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         torch.save({"tensors": trained, "eval": result.eval, "valid": result.valid}, out_path)
+    finish_distributed()
+
+
+def finish_distributed():
+    """All processes leave together: a peer that exits first can make gloo abort the others."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

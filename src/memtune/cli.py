@@ -192,8 +192,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         overrides=overrides,
         progress=not args.no_progress,
     )
-    from .experiments.compare import is_main_process
+    from .experiments.compare import finish_distributed, is_main_process
 
+    finish_distributed()
     if is_main_process():
         for path in write_reports(records, args.out):
             print(f"wrote {path}")

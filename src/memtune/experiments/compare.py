@@ -55,6 +55,15 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def finish_distributed() -> None:
+    """Under torchrun, let all processes leave together: a peer exiting first can make gloo abort the rest."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def load_for_task(model_name: str, task: Any) -> tuple[Any, Any]:
     """The model with a fresh head for ``task`` (sequence or token classification) and its tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
