@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast, set_seed
 
 import memtune
+from memtune.experiments.compare import finish_distributed
 from memtune.train import TrainSettings, train_and_evaluate
 
 WORDS = [f"w{i}" for i in range(60)]
@@ -47,15 +48,6 @@ def main(out_path, batch_size, optimizer):
         trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         torch.save({"tensors": trained, "eval": result.eval, "valid": result.valid}, out_path)
     finish_distributed()
-
-
-def finish_distributed():
-    """All processes leave together: a peer that exits first can make gloo abort the others."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
