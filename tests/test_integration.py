@@ -36,6 +36,20 @@ def fresh_model():
     return load_model("minilm", AutoModelForSequenceClassification, num_labels=2).eval()
 
 
+def train_steps(model, inputs, labels, steps):
+    """AdamW (lr 1e-3) on the trainable parameters for ``steps`` full-batch steps; the losses."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def test_minilm_mt_mf_trains_saves_and_loads(minilm, tmp_path):
     tokenizer = minilm
     inputs = tokenizer([s for s, _ in SENTENCES], padding=True, return_tensors="pt")
@@ -52,15 +66,7 @@ def test_minilm_mt_mf_trains_saves_and_loads(minilm, tmp_path):
     report = memtune.parameter_report(model)
     assert report["backbone"] == 22_713_216 and report["head"] == 384 * 2 + 2
     assert report["stored"] == 2 * 16 * 384 * 6 + (2 * 16 * 384 + 2 * 16 * 16 + 50 * 16) * 6
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(15):
-        loss = model(**inputs, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, inputs, labels, 15)
     assert losses[-1] < 0.75 * losses[0]  # 0.687 -> 0.436 here (deterministic on CPU)
     model.eval()
     with torch.no_grad():
@@ -80,15 +86,7 @@ def test_minilm_baselines_train_save_load_and_lora_merges(minilm, tmp_path, name
     inputs = minilm([s for s, _ in SENTENCES], padding=True, return_tensors="pt")
     labels = torch.tensor([y for _, y in SENTENCES])
     model = memtune.attach(fresh_model(), memtune.recipe(name))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(10):
-        loss = model(**inputs, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, inputs, labels, 10)
     assert losses[-1] < 0.95 * losses[0]  # lora 0.693 -> 0.638, mam faster (deterministic on CPU)
     model.eval()
     with torch.no_grad():
