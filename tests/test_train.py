@@ -35,6 +35,11 @@ def test_profiles_follow_table_i_and_the_paper_learning_rates():
         TrainSettings(epochs=0, batch_size=1, learning_rate=1e-3, max_length=8)
 
 
+class Encoding(dict):
+    def word_ids(self):
+        return self["_words"]
+
+
 class WordTokenizer:
     """Stands in for a fast tokenizer: 'xx' words split into two sub-tokens; [CLS] ... [SEP]."""
 
@@ -43,27 +48,19 @@ class WordTokenizer:
         for i, w in enumerate(words):
             pieces += [(i, 10 + len(w))] * (2 if w.startswith("xx") else 1)
         pieces = pieces[: max_length - 1] + [(None, 2)]
-        encoding = {"input_ids": [p[1] for p in pieces], "attention_mask": [1] * len(pieces)}
-        return SimpleNamespace(**encoding, word_ids=lambda: [p[0] for p in pieces], keys=encoding.keys,
-                               __getitem__=encoding.__getitem__)  # fmt: skip
+        return Encoding(input_ids=[p[1] for p in pieces], _words=[p[0] for p in pieces])
 
 
 def test_token_labels_sit_on_the_first_sub_token_and_truncated_words_count_as_missed():
     example = SimpleNamespace(text=["Ann", "xxBell", "ran"], text_pair=None, label=[1, 2, 0])
-    features = [dict(input_ids=[1, 13, 16, 16, 13, 2], labels=None)]
-    tokenized = WordTokenizer()(example.text)
-    labels = []
-    seen = set()
-    for w in tokenized.word_ids():
-        labels.append(example.label[w] if w is not None and w not in seen else IGNORE)
-        seen.add(w)
-    assert labels == [IGNORE, 1, 2, IGNORE, 0, IGNORE]
+    (feature,) = encode([example], WordTokenizer(), "token", max_length=512)
+    assert feature["labels"] == [IGNORE, 1, 2, IGNORE, 0, IGNORE]
     # scoring: predictions only where labels are kept; a truncated tail is predicted "O"
     predictions = np.array([[0, 1, 2, 2, 0, 0]])
-    assert score(NER, [example], predictions, np.array([labels])) == 100.0
-    cut = np.array([[IGNORE, 1, IGNORE, IGNORE, IGNORE, IGNORE]])  # only "Ann" fit
-    assert score(NER, [example], predictions, cut) == 0.0  # B-PER alone is not the entity "Ann Bell"
-    assert features
+    assert score(NER, [example], predictions, np.array([feature["labels"]])) == 100.0
+    (cut,) = encode([example], WordTokenizer(), "token", max_length=3)  # only "Ann" and half of "xxBell" fit
+    assert cut["labels"] == [IGNORE, 1, IGNORE]
+    assert score(NER, [example], predictions[:, :3], np.array([cut["labels"]])) == 0.0  # "Ann Bell" is missed
 
 
 def test_encode_with_a_real_fast_tokenizer_labels_first_sub_tokens():

@@ -46,7 +46,7 @@ def summarize(records: list[dict[str, Any]], column: str = "task") -> dict[str, 
         scores[(r["method"], r[column])][r["seed"]] = float(r["score"])
         params[r["method"]].append((r["tuned_pct"], r["stored_pct"]))
     methods = _ordered({m for m, _ in scores})
-    columns = sorted({c for _, c in scores}, key=lambda c: [r[column] for r in records].index(c))
+    columns = list(dict.fromkeys(r[column] for r in records))  # in order of first appearance
     seeds = sorted({s for cell in scores.values() for s in cell})
     cells = {key: _mean_std(list(v.values())) for key, v in scores.items()}
     complete = [s for s in seeds if all(s in scores.get((m, c), {}) for m in methods for c in columns)]
