@@ -332,6 +332,28 @@ def test_prefix_equals_peft_prefix_tuning(arch, head, task, reparameterize, shif
     torch.testing.assert_close(got[keep], expected[keep], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_shifted_prefix_generates_like_peft_prefix_tuning(arch):
+    """Greedy generation, left-padded, with the cache: memtune's shifted prefix and peft's give the same tokens."""
+    length = 5
+    base = tiny_model(arch)
+    ours = memtune.attach(copy.deepcopy(base), memtune.PrefixConfig(prefix_length=length, reparameterize=False, shift_positions=True))
+    method = memtune.methods_of(ours)["prefix"]
+    theirs = get_peft_model(
+        copy.deepcopy(base), PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=length, prefix_projection=False)
+    )
+    with torch.no_grad():
+        method.prefix.normal_(0, 1.0)
+        theirs.prompt_encoder["default"].embedding.weight.copy_(method.prefix.permute(1, 0, 2).reshape(length, -1))
+    inputs = batch(arch, pad="left")
+    run = lambda model: model.generate(  # noqa: E731
+        **inputs, max_new_tokens=6, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True
+    )
+    got, expected = run(ours), run(theirs)
+    assert torch.equal(got.sequences, expected.sequences)
+    torch.testing.assert_close(torch.stack(got.scores), torch.stack(expected.scores), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["bert", "mpnet", "llama"])
 def test_gated_prefix_equals_a_prefix_scaled_by_its_gates(arch):
     """With constant gates (zero weights), the gated prefix is the plain prefix with keys x g_k, values x g_v."""

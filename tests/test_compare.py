@@ -85,6 +85,7 @@ def test_compare_writes_records_resumes_and_renders_tables(capsys, tiny_model_di
         (["--warmup-ratio", "1.5"], "warmup_ratio must be in [0, 1)"),
         (["--optimizer", "adamx"], "optimizer 'adamx' is not one of"),
         (["--max-steps", "0"], "max_train_steps must be a positive integer"),
+        (["--tasks", "cb", "--shift-prefix-positions", "--max-length", "500"], "need 532 positions, and minilm has 512"),
     ],
 )
 def test_compare_bad_input_exits_2_before_training(capsys, tmp_path, argv, message):

@@ -178,12 +178,13 @@ def _generate(model, inputs, use_cache):
     return model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=use_cache, pad_token_id=0)
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("arch", DECODERS)
 @pytest.mark.parametrize("inner", ["sdpa", "eager"])
-def test_generation_with_cache_equals_without(arch, inner):
+def test_generation_with_cache_equals_without(arch, inner, shift):
     model = tiny_model(arch, attn_implementation=inner)
     model.config._attn_implementation = inner
-    memtune.attach(model, memtune.recipe("mt-mf", budget=8))
+    memtune.attach(model, memtune.recipe("mt-mf", budget=8, shift_prefix_positions=shift))
     torch.nn.init.normal_(memtune.methods_of(model)["memory"].blocks["1"].out.weight, std=0.5)
     inputs = batch(arch, pad="left")
     cached, uncached = _generate(model, inputs, True), _generate(model, inputs, False)
@@ -213,10 +214,11 @@ def test_prefix_dropout_only_in_training():
     assert not torch.equal(logits(model, inputs), logits(model, inputs))
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("arch", DECODERS)
-def test_static_cache_generation_equals_dynamic(arch):
+def test_static_cache_generation_equals_dynamic(arch, shift):
     model = tiny_model(arch)
-    memtune.attach(model, memtune.recipe("mt-mf", budget=8))
+    memtune.attach(model, memtune.recipe("mt-mf", budget=8, shift_prefix_positions=shift))
     inputs = batch(arch, batch_size=1)
     run = lambda **kw: model.generate(  # noqa: E731
         **inputs, max_new_tokens=4, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True, **kw

@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--shift-prefix-positions",
         action="store_true",
-        help="prefixes (prefix, mam, mt-mf) give the real tokens positions l, l+1, ..., as P-tuning v2 and the paper's code do",
+        help="prefixes (of prefix, mt-m, mam, mt-mf, unipelt) give the real tokens positions l, l+1, ..., as P-tuning v2 and the paper's code do",
     )
     c.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     c.set_defaults(run=cmd_compare)

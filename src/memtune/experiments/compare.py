@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..errors import ConfigError
 from ..methods.recipes import RECIPES
 from ..version import __version__
 from .results import append_result, check_config, check_splits, read_results, run_key
@@ -177,6 +178,7 @@ def validate(
     profile: str,
     data_dir: str | None,
     overrides: dict[str, Any],
+    shift_prefix_positions: bool = False,
 ) -> dict[str, tuple[str, str]]:
     """Fail before any training on bad names or settings, a model that cannot be found, missing data or a
     training-set size the data cannot give. Returns each task's (scored split, validation split)."""
@@ -194,7 +196,9 @@ def validate(
     for task in tasks:
         for method in methods:
             settings_for(get_task(task), recipe(method), profile, **overrides)
-    load_config(model_name)
+    config = load_config(model_name)
+    if shift_prefix_positions:
+        _check_shifted_lengths(config, model_name, tasks, methods, budgets, profile, overrides)
     splits = {}
     for task in tasks:
         data = load_task(task, data_dir, seed=0)
@@ -203,6 +207,37 @@ def validate(
                 sample(data.train, size, seed=0)  # refuses a size the training set cannot give
         splits[task] = (data.eval_source, data.valid_source)
     return splits
+
+
+def _check_shifted_lengths(
+    config: Any, model_name: str, tasks: list[str], methods: list[str], budgets: list[int], profile: str, overrides: dict[str, Any]
+) -> None:
+    """With shifted prefix positions, every input plus its prefix must fit the model's position table."""
+    import torch
+    from transformers import AutoModel
+
+    from .. import PrefixConfig, recipe
+    from ..arch import arch_for
+    from ..methods.prefix import position_module, table_length
+    from ..tasks import get_task
+    from ..train import settings_for
+
+    with torch.device("meta"):  # the modules' shapes only, no weights
+        model = AutoModel.from_config(config)
+    limit = table_length(position_module(model, arch_for(model)))
+    if limit is None:  # rotary positions: no table to run past
+        return
+    for task in tasks:
+        for method in methods:
+            for budget in budgets:
+                length = settings_for(get_task(task), recipe(method, budget), profile, **overrides).max_length
+                for c in recipe(method, budget):
+                    if isinstance(c, PrefixConfig) and length + c.prefix_length > limit:
+                        raise ConfigError(
+                            f"--shift-prefix-positions: {task} inputs of up to {length} tokens behind the {method} "
+                            f"prefix of l = {c.prefix_length} need {length + c.prefix_length} positions, and {model_name} "
+                            f"has {limit}; use --max-length {limit - c.prefix_length} or leave out --shift-prefix-positions"
+                        )
 
 
 def compare(
@@ -230,7 +265,9 @@ def compare(
     tasks = list(dict.fromkeys(get_task(t).name for t in tasks))  # canonical names: one key per run
     methods = list(dict.fromkeys(recipe(m).name for m in methods))
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    splits = validate(model_name, tasks, methods, list(budgets), list(train_sizes), profile, data_dir, overrides)
+    splits = validate(
+        model_name, tasks, methods, list(budgets), list(train_sizes), profile, data_dir, overrides, shift_prefix_positions
+    )
     config = {"model": model_name, "profile": profile, "overrides": overrides}
     if shift_prefix_positions:  # only when set, so that results files written before the option still match
         config["shift_prefix_positions"] = True

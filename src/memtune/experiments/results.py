@@ -2,8 +2,8 @@
 
 Every record carries the comparison's ``config`` (model, profile, training overrides). A file holding
 records of another config is refused instead of being mixed in, and so is a run whose task would be
-scored on other splits than the same task's runs already in the file (another data root, a held-out
-split that turned up). Lines are appended, flushed
+scored on other splits than the same task's runs already in the file (a held-out split that turned up,
+a data root laid out differently; two copies of the same files are not told apart). Lines are appended, flushed
 and fsynced one at a time, so a killed run loses at most the line it was writing; such a truncated
 last line is skipped with a warning, cut before the next append, and its run is redone.
 """

@@ -14,6 +14,8 @@ import statistics
 from collections import defaultdict
 from typing import Any, Iterable
 
+from ..methods.recipes import RECIPES
+
 DISPLAY = {
     "ft": "FT", "prefix": "Prefix", "mt-m": "MT-M", "adapter": "Adapter", "lora": "LoRA", "bitfit": "BitFit",
     "mam": "MAM", "unipelt": "UniPELT", "mt-f": "MT-F", "mt-mf": "MT-MF",
@@ -182,10 +184,11 @@ def sweep_plot(rows: list[dict[str, Any]], metric_names: dict[str, str] | None =
         references = 0
         for method in _ordered({r["method"] for r in rows if r["task"] == task}):
             points = [r for r in rows if r["task"] == task and r["method"] == method]
-            if len(points) == 1:  # a method that ignores the budget (FT, BitFit): a grey reference line
+            if method in RECIPES and not RECIPES[method].uses_budget:  # FT, BitFit: a grey reference line
                 style = REFERENCE_STYLES[references % len(REFERENCE_STYLES)]
                 references += 1
-                ax.axhline(points[0]["mean"], linestyle=style, linewidth=1, color="gray", label=DISPLAY.get(method, method))
+                mean = statistics.fmean(p["mean"] for p in points)  # one budget, unless runs of several were mixed
+                ax.axhline(mean, linestyle=style, linewidth=1, color="gray", label=DISPLAY.get(method, method))
                 continue
             ax.errorbar([p["budget"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
                         marker="o", capsize=3, label=DISPLAY.get(method, method))  # fmt: skip

@@ -35,7 +35,8 @@ class PrefixConfig(MethodConfig):
     shift_positions: bool = help_field(
         False,
         "Give the real tokens positions l, l+1, ... as P-tuning v2, peft and the paper's code do (they pass the "
-        "prefix as past_key_values); False keeps the model's own positions 0, 1, ...",
+        "prefix as past_key_values); False keeps the model's own positions 0, 1, ... Position ids passed to the "
+        "model are shifted too: pass the ones the model would make itself.",
     )
 
     def __post_init__(self):
@@ -168,12 +169,11 @@ class _PositionShift:
             return args, kwargs
         if isinstance(module, nn.Embedding):  # absolute positions: the input is the ids
             ids = shifted_positions(args[0], self.length, module.padding_idx)
-            if ids.numel() and int(ids.max()) >= module.num_embeddings:
-                first = 0 if module.padding_idx is None else module.padding_idx + 1  # RoBERTa counts from padding + 1
+            if not torch.compiler.is_compiling() and ids.numel() and int(ids.max()) >= module.num_embeddings:
                 raise MemtuneError(
                     f"with its positions shifted by the prefix length l = {self.length}, the input reaches position "
                     f"{int(ids.max())}, past the model's {module.num_embeddings} position embeddings; use inputs of at "
-                    f"most {module.num_embeddings - self.length - first} tokens, or PrefixConfig(shift_positions=False)"
+                    f"most {table_length(module) - self.length} tokens, or PrefixConfig(shift_positions=False)"
                 )
             return (ids, *args[1:]), kwargs
         return (args[0], shifted_positions(args[1], self.length), *args[2:]), kwargs  # rotary: (x, position_ids)
@@ -184,14 +184,26 @@ class _PositionShift:
             delattr(self.module, _SHIFTED)
 
 
-def install_position_shift(model: nn.Module, arch: ArchSpec, length: int) -> _PositionShift:
-    """Shift the positions the model gives its real tokens by ``length`` (refused twice on one model)."""
+def table_length(module: nn.Module) -> int | None:
+    """How many token positions an absolute position table holds (RoBERTa's start after its padding
+    index); None for rotary embeddings, which have no table."""
+    if not isinstance(module, nn.Embedding):
+        return None
+    return module.num_embeddings - (0 if module.padding_idx is None else module.padding_idx + 1)
+
+
+def position_module(model: nn.Module, arch: ArchSpec) -> nn.Module:
     if not arch.positions:
         raise ConfigError(
             "PrefixConfig(shift_positions=True) needs to know which module takes the position ids; this architecture's "
             "ArchSpec has no 'positions' path (set ArchSpec(positions=...), or use shift_positions=False)"
         )
-    module = submodule(model.base_model, arch.positions, "the module called with the position ids")
+    return submodule(model.base_model, arch.positions, "the module called with the position ids")
+
+
+def install_position_shift(model: nn.Module, arch: ArchSpec, length: int) -> _PositionShift:
+    """Shift the positions the model gives its real tokens by ``length`` (refused twice on one model)."""
+    module = position_module(model, arch)
     if hasattr(module, _SHIFTED):
         raise ConfigError(
             f"two prefixes shift this model's positions (by {getattr(module, _SHIFTED)} and {length}); "
