@@ -102,6 +102,14 @@ def test_train_save_load_detach_round_trip(arch, name, tmp_path):
         assert torch.equal(p, original[n]), n
 
 
+def test_recipe_shift_prefix_positions_sets_only_prefixes():
+    for name in ("prefix", "mam", "mt-mf", "unipelt"):
+        configs = memtune.recipe(name, shift_prefix_positions=True).configs
+        assert [c.shift_positions for c in configs if isinstance(c, memtune.PrefixConfig)] == [True]
+    assert all(not c.shift_positions for c in memtune.recipe("mt-mf").configs if isinstance(c, memtune.PrefixConfig))
+    assert memtune.recipe("lora", shift_prefix_positions=True).configs == memtune.recipe("lora").configs
+
+
 def test_recipes_scale_with_the_budget():
     def fields(name, budget):
         return [(c.method, {k: v for k, v in c.to_dict().items() if k in ("prefix_length", "bottleneck", "rank", "slot_dim")})
@@ -288,14 +296,17 @@ PEFT_PREFIX_CASES = [
 ]
 
 
+@pytest.mark.parametrize("shift", [False, True], ids=["explicit-positions", "shift_positions"])
 @pytest.mark.parametrize("arch,head,task,reparameterize", PEFT_PREFIX_CASES)
-def test_prefix_equals_peft_prefix_tuning(arch, head, task, reparameterize):
+def test_prefix_equals_peft_prefix_tuning(arch, head, task, reparameterize, shift):
     """Same prefix tensors, same logits. peft passes the prefix as past_key_values, so the model gives the
-    real tokens positions l, l+1, ... (and peft ignores position_ids); memtune's prefix takes no positions.
-    The comparison therefore gives memtune's model those shifted positions explicitly."""
+    real tokens positions l, l+1, ... (and peft ignores position_ids); memtune's prefix keeps the model's
+    positions unless ``shift_positions=True``. Without it, memtune's model is given the shifted positions
+    explicitly; with it, the model makes them itself."""
     length = 5
     base = tiny_model(arch, head)
-    ours = memtune.attach(copy.deepcopy(base), memtune.PrefixConfig(prefix_length=length, reparameterize=reparameterize))
+    config = memtune.PrefixConfig(prefix_length=length, reparameterize=reparameterize, shift_positions=shift)
+    ours = memtune.attach(copy.deepcopy(base), config)
     method = memtune.methods_of(ours)["prefix"]
     theirs = get_peft_model(
         copy.deepcopy(base),
@@ -316,9 +327,31 @@ def test_prefix_equals_peft_prefix_tuning(arch, head, task, reparameterize):
     positions = torch.arange(length, length + 7).expand(2, -1) + offset
     with torch.no_grad():
         expected = theirs(**inputs).logits
-        got = ours(**inputs, position_ids=positions).logits
+        got = ours(**inputs).logits if shift else ours(**inputs, position_ids=positions).logits
     keep = inputs["attention_mask"].bool() if got.dim() == 3 else slice(None)
     torch.testing.assert_close(got[keep], expected[keep], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_shifted_prefix_generates_like_peft_prefix_tuning(arch):
+    """Greedy generation, left-padded, with the cache: memtune's shifted prefix and peft's give the same tokens."""
+    length = 5
+    base = tiny_model(arch)
+    ours = memtune.attach(copy.deepcopy(base), memtune.PrefixConfig(prefix_length=length, reparameterize=False, shift_positions=True))
+    method = memtune.methods_of(ours)["prefix"]
+    theirs = get_peft_model(
+        copy.deepcopy(base), PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=length, prefix_projection=False)
+    )
+    with torch.no_grad():
+        method.prefix.normal_(0, 1.0)
+        theirs.prompt_encoder["default"].embedding.weight.copy_(method.prefix.permute(1, 0, 2).reshape(length, -1))
+    inputs = batch(arch, pad="left")
+    run = lambda model: model.generate(  # noqa: E731
+        **inputs, max_new_tokens=6, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True
+    )
+    got, expected = run(ours), run(theirs)
+    assert torch.equal(got.sequences, expected.sequences)
+    torch.testing.assert_close(torch.stack(got.scores), torch.stack(expected.scores), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["bert", "mpnet", "llama"])

@@ -54,7 +54,7 @@ def test_params_bad_input_exits_2_with_a_message(capsys, argv, message):
 
 def test_params_missing_model_path(capsys, tmp_path):
     code, _, err = run(capsys, "params", "--model", str(tmp_path / "nope"))
-    assert code == 2 and "not a Table II name (bert-base, bert-large), a packaged short name (minilm" in err
+    assert code == 2 and "it is not a packaged short name (minilm" in err and "(Table II names: bert-base, bert-large)" in err
 
 
 def test_params_default_is_the_whole_table_ii_for_both_berts(capsys):

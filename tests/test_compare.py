@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
+import memtune
 from memtune.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -31,8 +33,8 @@ def tiny_model_dir(tmp_path_factory):
     return folder
 
 
-def compare(capsys, model, out, *extra):
-    code = main(["compare", "--model", str(model), "--data-dir", str(FIXTURES), "--out", str(out), "--epochs", "1",
+def compare(capsys, model, out, *extra, data=FIXTURES):
+    code = main(["compare", "--model", str(model), "--data-dir", str(data), "--out", str(out), "--epochs", "1",
                  "--max-steps", "2", "--no-progress", *extra])  # fmt: skip
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -61,6 +63,9 @@ def test_compare_writes_records_resumes_and_renders_tables(capsys, tiny_model_di
     # other settings into the same folder are refused, nothing is written
     code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "lora", "--seeds", "1", "--lr", "0.1")
     assert code == 2 and "holds runs of another configuration" in err and "overrides" in err
+    code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "mt-mf", "--seeds", "1",
+                           "--shift-prefix-positions")  # fmt: skip
+    assert code == 2 and "shift_prefix_positions" in err
     assert len((out / "results.jsonl").read_text().splitlines()) == 8
 
     # tables can be rendered again from the file alone
@@ -75,6 +80,12 @@ def test_compare_writes_records_resumes_and_renders_tables(capsys, tiny_model_di
         (["--methods", "lorra"], "unknown recipe 'lorra'; known recipes"),
         (["--seeds", "0,0"], "--seeds must be a count or distinct non-negative integers"),
         (["--budgets", "8,x"], "--budgets must be comma-separated integers"),
+        (["--model", "/no/such/model"], "cannot read a model config for '/no/such/model'"),
+        (["--tasks", "cb", "--train-size", "100000"], "train_size must be between 1 and the"),
+        (["--warmup-ratio", "1.5"], "warmup_ratio must be in [0, 1)"),
+        (["--optimizer", "adamx"], "optimizer 'adamx' is not one of"),
+        (["--max-steps", "0"], "max_train_steps must be a positive integer"),
+        (["--tasks", "cb", "--shift-prefix-positions", "--max-length", "500"], "need 532 positions, and minilm has 512"),
     ],
 )
 def test_compare_bad_input_exits_2_before_training(capsys, tmp_path, argv, message):
@@ -98,3 +109,37 @@ def test_budget_sweep_and_low_data_give_fig2_and_table5(capsys, tiny_model_dir, 
     records = [json.loads(line) for line in (low / "results.jsonl").read_text().splitlines()]
     assert sorted((r["train_size"], r["seed"], r["n_train"]) for r in records) == [(2, 0, 2), (2, 1, 2), (3, 0, 3), (3, 1, 3)]
     assert "conll2004 (2)" in (low / "table5.md").read_text()
+
+
+def test_shift_prefix_positions_reaches_the_prefix_and_the_record(capsys, tiny_model_dir, tmp_path, monkeypatch):
+    attached = []
+    real_attach = memtune.attach
+
+    def spy(model, configs, **kwargs):
+        attached.append(list(configs))
+        return real_attach(model, configs, **kwargs)
+
+    monkeypatch.setattr(memtune, "attach", spy)  # compare's run_one imports it from memtune at each run
+    out = tmp_path / "shifted"
+    code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "mt-mf", "--seeds", "1",
+                           "--shift-prefix-positions")  # fmt: skip
+    assert code == 0, err
+    record = json.loads((out / "results.jsonl").read_text())
+    assert record["config"]["shift_prefix_positions"] is True
+    assert [type(c).__name__ for c in attached[0]] == ["PrefixConfig", "MemoryConfig"] and attached[0][0].shift_positions
+
+
+def test_a_held_out_split_that_turns_up_is_not_mixed_with_runs_scored_without_it(capsys, tiny_model_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES / "cb", data / "cb")
+    out = tmp_path / "run"
+    args = ("--tasks", "cb", "--methods", "LoRA", "--seeds", "1")
+    code, _, err = compare(capsys, tiny_model_dir, out, *args, data=data)
+    assert code == 0, err
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["method"] == "lora" and "held out" in record["eval_source"]  # the name is canonical
+    shutil.copy(data / "cb" / "train.jsonl", data / "cb" / "val.jsonl")  # the dev split is now present
+    code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "lora", "--seeds", "2", data=data)
+    assert code == 2 and "holds cb runs scored on" in err and "another --out folder" in err
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+

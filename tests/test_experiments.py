@@ -8,7 +8,7 @@ import pytest
 from memtune.errors import ConfigError
 from memtune.experiments.compare import plan
 from memtune.experiments.report import write_reports
-from memtune.experiments.results import append_result, check_config, read_results
+from memtune.experiments.results import append_result, check_config, check_splits, read_results
 from memtune.experiments.tables import csv_table, markdown_table, summarize, sweep_rows
 
 CONFIG = {"model": "minilm", "profile": "cpu", "overrides": {}}
@@ -80,6 +80,28 @@ def test_results_file_appends_resumes_and_refuses_another_config(tmp_path):
         check_config(read_results(path), {**CONFIG, "profile": "paper"}, path)
 
 
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps(RECORDS[1]))  # e.g. cut just before "\n"
+    assert len(read_results(path)) == 2
+    append_result(path, RECORDS[2])
+    assert [r["score"] for r in read_results(path)] == [60.0, 62.0, 58.0]
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b"\xff\xfe binary")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        read_results(path)
+
+
+def test_runs_scored_on_other_splits_are_refused():
+    check_splits(RECORDS, "rte", "dev", "10% of train", "results.jsonl")  # the same splits: fine
+    check_splits(RECORDS, "sst2", "test", "dev", "results.jsonl")  # a task not in the file yet: fine
+    with pytest.raises(ConfigError, match="holds rte runs scored on 'dev'.*would score on 'valid'"):
+        check_splits(RECORDS, "rte", "valid", "10% of train", "results.jsonl")
+
+
 def test_corrupt_middle_line_names_the_line(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps(RECORDS[0]) + "\nnot json\n" + json.dumps(RECORDS[1]) + "\n")
@@ -91,17 +113,39 @@ def test_plan_is_task_major_and_complete():
     runs = plan(["rte", "cb"], ["ft", "lora"], [0, 1], [32], [None])
     assert len(runs) == 8 and runs[0].task == "rte" and runs[-1].task == "cb"
     assert len({r.key for r in runs}) == 8
+    assert plan(["rte"], ["lora", "lora"], [0], [32, 32], [None]) == plan(["rte"], ["lora"], [0], [32], [None])
+
+
+def test_plan_runs_budget_free_methods_once_at_the_main_budget():
+    runs = plan(["rte"], ["ft", "lora"], [0], [8, 32, 64], [None], budget_free=["ft"])
+    assert [(r.method, r.budget) for r in runs] == [("lora", 8), ("ft", 32), ("lora", 32), ("lora", 64)]
+
+
+def test_marks_follow_the_printed_values():
+    close = [record("rte", "ft", 0, 85.34), record("rte", "lora", 0, 85.26), record("rte", "adapter", 0, 80.0)]
+    text = markdown_table(summarize(close))
+    assert "**85.3 ± 0.0**" in next(line for line in text.splitlines() if line.startswith("| FT"))
+    assert "**85.3 ± 0.0**" in next(line for line in text.splitlines() if line.startswith("| LoRA"))
+    assert "<u>80.0 ± 0.0</u>" in next(line for line in text.splitlines() if line.startswith("| Adapter"))
+
+
+def test_sweep_counts_a_run_recorded_twice_once():
+    twice = [record("rte", "lora", 0, 50.0, budget=8), record("rte", "lora", 0, 50.0, budget=8), record("rte", "lora", 1, 60.0, budget=8)]
+    (row,) = sweep_rows(twice)
+    assert row["runs"] == 2 and row["mean"] == 55.0
 
 
 def test_reports_are_written_from_records_alone(tmp_path):
     sweep = [record("rte", m, s, 50.0 + b / 8 + s, budget=b) for m in ("lora", "mt-mf") for s in (0, 1) for b in (8, 32)]
+    sweep += [record("rte", "bitfit", s, 52.0, budget=32) for s in (0, 1)]  # budget-free: a reference line
     low = [record("rte", "lora", s, 55.0 + s, train_size=n) for s in (0, 1) for n in (128, 256)]
     written = {p.name for p in write_reports(RECORDS + sweep + low, tmp_path)}
     assert written == {"table3.md", "table3.csv", "table5.md", "table5.csv", "budget_sweep.csv", "budget_sweep.png"}
     assert (tmp_path / "budget_sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "rte (128)" in (tmp_path / "table5.md").read_text()
     rows = sweep_rows([r for r in sweep])
-    assert [(r["method"], r["budget"], r["mean"]) for r in rows][:2] == [("lora", 8, 51.5), ("lora", 32, 54.5)]
+    got = [(r["method"], r["budget"], r["mean"]) for r in rows]
+    assert got[:2] == [("lora", 8, 51.5), ("lora", 32, 54.5)] and ("bitfit", 32, 52.0) in got
 
 
 def _append_many(path, tag, n):

@@ -1,9 +1,12 @@
 """MT-M (prefix): the attention seam against explicit attention, past-key-values references, masks and caches."""
+import copy
+
 import pytest
 import torch
 from transformers import DynamicCache
 
 import memtune
+from memtune.errors import ConfigError, MemtuneError
 from memtune.attention import _register, prefix_mask
 from conftest import DECODERS, ENCODERS, batch, logits, tiny_model
 
@@ -94,12 +97,15 @@ def _prefix_cache(model, method):
     return cache
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("arch", DECODERS)
 @pytest.mark.parametrize("inner", ["sdpa", "eager"])
-def test_decoder_prefix_equals_past_key_values(arch, inner):
+def test_decoder_prefix_equals_past_key_values(arch, inner, shift):
+    """The prefix is a cache of l tokens that never moves the real tokens' positions, or (``shift_positions``)
+    moves them as a real cache does: then the reference takes the positions the model derives from the cache."""
     model = tiny_model(arch, attn_implementation=inner)
     model.config._attn_implementation = inner
-    memtune.attach(model, memtune.PrefixConfig(prefix_length=4))
+    memtune.attach(model, memtune.PrefixConfig(prefix_length=4, shift_positions=shift))
     inputs = batch(arch, batch_size=1, length=6)
     ours = logits(model, inputs)
     method = memtune.methods_of(model)["prefix"]
@@ -109,7 +115,7 @@ def test_decoder_prefix_equals_past_key_values(arch, inner):
         reference = model(
             input_ids=inputs["input_ids"],
             attention_mask=torch.ones(1, 4 + 6, dtype=torch.long),
-            position_ids=torch.arange(6)[None],
+            position_ids=None if shift else torch.arange(6)[None],
             past_key_values=cache,
         ).logits
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
@@ -172,12 +178,13 @@ def _generate(model, inputs, use_cache):
     return model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=use_cache, pad_token_id=0)
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("arch", DECODERS)
 @pytest.mark.parametrize("inner", ["sdpa", "eager"])
-def test_generation_with_cache_equals_without(arch, inner):
+def test_generation_with_cache_equals_without(arch, inner, shift):
     model = tiny_model(arch, attn_implementation=inner)
     model.config._attn_implementation = inner
-    memtune.attach(model, memtune.recipe("mt-mf", budget=8))
+    memtune.attach(model, memtune.recipe("mt-mf", budget=8, shift_prefix_positions=shift))
     torch.nn.init.normal_(memtune.methods_of(model)["memory"].blocks["1"].out.weight, std=0.5)
     inputs = batch(arch, pad="left")
     cached, uncached = _generate(model, inputs, True), _generate(model, inputs, False)
@@ -207,10 +214,11 @@ def test_prefix_dropout_only_in_training():
     assert not torch.equal(logits(model, inputs), logits(model, inputs))
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("arch", DECODERS)
-def test_static_cache_generation_equals_dynamic(arch):
+def test_static_cache_generation_equals_dynamic(arch, shift):
     model = tiny_model(arch)
-    memtune.attach(model, memtune.recipe("mt-mf", budget=8))
+    memtune.attach(model, memtune.recipe("mt-mf", budget=8, shift_prefix_positions=shift))
     inputs = batch(arch, batch_size=1)
     run = lambda **kw: model.generate(  # noqa: E731
         **inputs, max_new_tokens=4, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True, **kw
@@ -218,3 +226,59 @@ def test_static_cache_generation_equals_dynamic(arch):
     dynamic, static = run(), run(cache_implementation="static")
     assert torch.equal(dynamic.sequences, static.sequences)
     torch.testing.assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), rtol=1e-4, atol=1e-5)
+
+
+def _explicit_shifted_positions(arch, inputs, length):
+    """The positions a model gives its tokens after ``length`` cached ones, written out per architecture."""
+    mask = inputs["attention_mask"]
+    if arch in ("roberta", "mpnet"):  # from padding_idx + 1, padding tokens at padding_idx (= 1)
+        return (mask.cumsum(1) + length) * mask + 1
+    return torch.arange(length, length + mask.shape[1]).expand_as(mask)
+
+
+@pytest.mark.parametrize("arch", ENCODERS + DECODERS)
+def test_shift_positions_equals_giving_the_shifted_positions(arch):
+    base = tiny_model(arch)
+    inputs = batch(arch, pad="right" if arch in ENCODERS else None)
+    kept = memtune.attach(copy.deepcopy(base), memtune.PrefixConfig(prefix_length=3, reparameterize=False))
+    shifted = memtune.attach(
+        copy.deepcopy(base), memtune.PrefixConfig(prefix_length=3, reparameterize=False, shift_positions=True)
+    )
+    memtune.methods_of(shifted)["prefix"].prefix.data.copy_(memtune.methods_of(kept)["prefix"].prefix)
+    with torch.no_grad():
+        expected = kept(**inputs, position_ids=_explicit_shifted_positions(arch, inputs, 3)).logits
+    got = logits(shifted, inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, logits(kept, inputs), atol=1e-4)  # the shift does change the output
+    memtune.detach(shifted)
+    torch.testing.assert_close(logits(shifted, inputs), logits(base, inputs), rtol=0, atol=0)
+
+
+def test_shift_positions_is_refused_twice_and_leaves_the_model_untouched():
+    model = tiny_model("bert")
+    inputs = batch("bert")
+    before = logits(model, inputs)
+    configs = [
+        memtune.PrefixConfig(prefix_length=2, layers=[0], shift_positions=True),
+        memtune.PrefixConfig(prefix_length=2, layers=[1], shift_positions=True),
+    ]
+    with pytest.raises(ConfigError, match="two prefixes shift this model's positions"):
+        memtune.attach(model, configs)
+    torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
+    memtune.attach(model, [configs[0], memtune.PrefixConfig(prefix_length=2, layers=[1])])  # one shift is fine
+
+
+def test_shift_positions_past_the_position_table_names_the_limit():
+    model = memtune.attach(tiny_model("bert"), memtune.PrefixConfig(prefix_length=8, shift_positions=True))
+    with pytest.raises(MemtuneError, match=r"at most 56 tokens, or PrefixConfig\(shift_positions=False\)"):
+        logits(model, batch("bert", length=60))
+    logits(model, batch("bert", length=56))  # 56 + 8 = the 64 positions
+
+
+def test_shift_positions_survives_save_and_load(tmp_path):
+    model = memtune.attach(tiny_model("gpt2"), memtune.PrefixConfig(prefix_length=3, shift_positions=True))
+    inputs = batch("gpt2")
+    memtune.save(model, tmp_path / "ckpt")
+    loaded = memtune.load(tiny_model("gpt2"), tmp_path / "ckpt")
+    assert memtune.methods_of(loaded)["prefix"].config.shift_positions
+    torch.testing.assert_close(logits(loaded, inputs), logits(model, inputs), rtol=1e-6, atol=1e-6)

@@ -41,12 +41,14 @@ class Encoding(dict):
 
 
 class WordTokenizer:
-    """Stands in for a fast tokenizer: 'xx' words split into two sub-tokens; [CLS] ... [SEP]."""
+    """Stands in for a fast tokenizer: 'xx' words split into two sub-tokens, empty words vanish; [CLS] ... [SEP]."""
+
+    unk_token = "[UNK]"
 
     def __call__(self, words, is_split_into_words=True, truncation=True, max_length=512):
         pieces = [(None, 1)]
         for i, w in enumerate(words):
-            pieces += [(i, 10 + len(w))] * (2 if w.startswith("xx") else 1)
+            pieces += [(i, 10 + len(w))] * (2 if w.startswith("xx") else 1 if w else 0)
         pieces = pieces[: max_length - 1] + [(None, 2)]
         return Encoding(input_ids=[p[1] for p in pieces], _words=[p[0] for p in pieces])
 
@@ -63,6 +65,14 @@ def test_token_labels_sit_on_the_first_sub_token_and_truncated_words_count_as_mi
     assert score(NER, [example], predictions[:, :3], np.array([cut["labels"]])) == 0.0  # "Ann Bell" is missed
 
 
+def test_a_word_without_sub_tokens_does_not_shift_the_later_words_tags():
+    example = SimpleNamespace(text=["Ann", "", "Bell", ""], text_pair=None, label=[1, 0, 1, 0])
+    (feature,) = encode([example], WordTokenizer(), "token", max_length=512)
+    assert feature["labels"] == [IGNORE, 1, 0, 1, IGNORE]  # the inner empty word became [UNK]; the last is gone
+    predictions = np.array([[0, 1, 0, 1, 0]])
+    assert score(NER, [example], predictions, np.array([feature["labels"]])) == 100.0
+
+
 def test_encode_with_a_real_fast_tokenizer_labels_first_sub_tokens():
     from memtune.models import is_installed, load_tokenizer
 
@@ -74,6 +84,10 @@ def test_encode_with_a_real_fast_tokenizer_labels_first_sub_tokens():
     words = tokenizer(example.text, is_split_into_words=True).word_ids()
     assert len(feature["labels"]) == len(words) and sum(l != IGNORE for l in feature["labels"]) == 3
     assert words.count(1) > 1  # the long word is split, and only its first piece is labelled
+    vanishing = SimpleNamespace(text=["Ann", "\u200b", "Bell"], text_pair=None, label=[1, 0, 1])
+    assert 1 not in tokenizer(vanishing.text, is_split_into_words=True).word_ids()  # BERT drops a zero-width space
+    (feature,) = encode([vanishing], tokenizer, "token", max_length=32)
+    assert [l for l in feature["labels"] if l != IGNORE] == [1, 0, 1]
 
 
 def test_best_trainable_restores_the_best_epoch_and_stops_after_patience():

@@ -41,6 +41,10 @@ class ArchSpec:
     outputs of ``key_proj``/``value_proj`` and the additive mask / position bias are widened."""
     norm: str = "post"
     """``post`` (BERT-style add & norm after each sub-block) or ``pre`` (GPT-2 / Llama)."""
+    positions: str | None = None
+    """Module, from ``model.base_model``, that is called with the position ids: an ``nn.Embedding`` of
+    absolute positions (its input), or a rotary embedding called as ``(x, position_ids)``. Only
+    ``PrefixConfig(shift_positions=True)`` needs it."""
 
     def __post_init__(self):
         if self.prefix_seam not in ("interface", "projection"):
@@ -59,6 +63,7 @@ _BERT_LIKE = ArchSpec(
     query_proj="query",
     value_proj="value",
     key_proj="key",
+    positions="embeddings.position_embeddings",
 )
 _LLAMA_LIKE = ArchSpec(
     layers="layers",
@@ -69,6 +74,7 @@ _LLAMA_LIKE = ArchSpec(
     value_proj="v_proj",
     key_proj="k_proj",
     norm="pre",
+    positions="rotary_emb",
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -84,6 +90,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         value_proj="v",
         key_proj="k",
         prefix_seam="projection",
+        positions="embeddings.position_embeddings",
     ),
     "gpt2": ArchSpec(
         layers="h",
@@ -93,6 +100,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         query_proj="c_attn",  # fused q/k/v Conv1D
         value_proj="c_attn",
         norm="pre",
+        positions="wpe",
     ),
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,

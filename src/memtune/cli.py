@@ -19,20 +19,16 @@ PAPER_CONFIGS: dict[str, dict[str, Any]] = {
 
 def model_config(name: str):
     """A transformers config for a Table II name, a packaged short name, a local path or a hub id."""
-    from transformers import AutoConfig, BertConfig
+    from transformers import BertConfig
 
     if name.lower() in PAPER_CONFIGS:
         return BertConfig(**PAPER_CONFIGS[name.lower()])
-    from .models import PACKAGED, resolve
+    from .models import load_config
 
     try:
-        return AutoConfig.from_pretrained(resolve(name))
-    except OSError as e:
-        raise MemtuneError(
-            f"cannot read a model config for {name!r}: it is not a Table II name ({', '.join(PAPER_CONFIGS)}), "
-            f"a packaged short name ({', '.join(PACKAGED)}) or a local model folder, and the hub did not provide "
-            f"it ({str(e).splitlines()[0]})"
-        ) from None
+        return load_config(name)
+    except MemtuneError as e:
+        raise MemtuneError(f"{e} (Table II names: {', '.join(PAPER_CONFIGS)})") from None
 
 
 def meta_model(config, head: str, num_labels: int):
@@ -177,9 +173,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     overrides = dict(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, max_length=args.max_length,
-        patience=args.patience, max_train_steps=args.max_steps,
+        patience=args.patience, max_train_steps=args.max_steps, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, optimizer=args.optimizer, eval_batch_size=args.eval_batch_size,
     )  # fmt: skip
-    records = compare(
+    compare(
         args.model,
         _names(args.tasks),
         _names(args.methods),
@@ -190,28 +187,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
         profile=args.profile,
         data_dir=args.data_dir,
         overrides=overrides,
+        shift_prefix_positions=args.shift_prefix_positions,
         progress=not args.no_progress,
     )
     from .experiments.compare import finish_distributed, is_main_process
 
     finish_distributed()
     if is_main_process():
-        for path in write_reports(records, args.out):
-            print(f"wrote {path}")
+        _render_tables(args.out)
         table = Path(args.out) / "table3.md"
         if table.exists():
             print(table.read_text())
     return 0
 
 
-def cmd_table(args: argparse.Namespace) -> int:
+def _render_tables(out: str) -> None:
+    """Write the tables from ``<out>/results.jsonl`` as it is now (other processes sharing it included)."""
     from .experiments import read_results, write_reports
+    from .experiments.compare import RESULTS_FILE
 
-    records = read_results(Path(args.out) / "results.jsonl")
+    records = read_results(Path(out) / RESULTS_FILE)
     if not records:
-        raise MemtuneError(f"{Path(args.out) / 'results.jsonl'} holds no runs; run memtune compare --out {args.out} first")
-    for path in write_reports(records, args.out):
+        raise MemtuneError(f"{Path(out) / RESULTS_FILE} holds no runs; run memtune compare --out {out} first")
+    for path in write_reports(records, out):
         print(f"wrote {path}")
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    _render_tables(args.out)
     return 0
 
 
@@ -249,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-length", type=int, default=None, help="override the input length in tokens")
     c.add_argument("--patience", type=int, default=None, help="override early-stopping patience (epochs)")
     c.add_argument("--max-steps", type=int, default=None, help="stop each run after this many optimiser steps")
+    c.add_argument("--weight-decay", type=float, default=None, help="override the weight decay (default: 0)")
+    c.add_argument("--warmup-ratio", type=float, default=None, help="override the linear warm-up, a fraction of the steps (default: 0)")
+    c.add_argument("--optimizer", default=None, help="override the optimiser: a TrainingArguments.optim value (default: adamw_torch)")
+    c.add_argument("--eval-batch-size", type=int, default=None, help="override the evaluation batch size (default: 64)")
+    c.add_argument(
+        "--shift-prefix-positions",
+        action="store_true",
+        help="prefixes (of prefix, mt-m, mam, mt-mf, unipelt) give the real tokens positions l, l+1, ..., as P-tuning v2 and the paper's code do",
+    )
     c.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     c.set_defaults(run=cmd_compare)
 

@@ -426,6 +426,20 @@ def resolve(name_or_path: str | os.PathLike[str]) -> str:
     return _materialised(model)
 
 
+def load_config(name_or_path: str | os.PathLike[str]) -> Any:
+    """``AutoConfig.from_pretrained(resolve(name_or_path))``, or a MemtuneError naming what was tried."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve(name_or_path))
+    except (OSError, ValueError) as e:
+        raise MemtuneError(
+            f"cannot read a model config for {os.fspath(name_or_path)!r}: it is not a packaged short name "
+            f"({', '.join(PACKAGED)}) or a local model folder, and the hub did not provide it "
+            f"({str(e).splitlines()[0]})"
+        ) from None
+
+
 def load_model(name_or_path: str | os.PathLike[str], auto_class: Any = None, **kwargs: Any) -> Any:
     """``auto_class.from_pretrained(resolve(name_or_path), **kwargs)``; ``auto_class`` defaults to AutoModel."""
     if auto_class is None:
@@ -442,6 +456,7 @@ def load_tokenizer(name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
 
 __all__ = [
     "PACKAGED",
+    "load_config",
     "PackagedModel",
     "cache_dir",
     "model_cache",

@@ -48,6 +48,18 @@ class TrainSettings:
                 raise ConfigError(f"training setting {name} must be a positive integer, got {value!r}")
         if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
             raise ConfigError(f"training setting learning_rate must be a positive number, got {self.learning_rate!r}")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ConfigError(f"training setting weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"training setting warmup_ratio must be in [0, 1) (a fraction of the steps), got {self.warmup_ratio!r}")
+        from transformers.training_args import OptimizerNames
+
+        optimizers = [o.value for o in OptimizerNames]
+        if self.optimizer not in optimizers:
+            raise ConfigError(f"training setting optimizer {self.optimizer!r} is not one of transformers' {', '.join(optimizers)}")
+        steps = self.max_train_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ConfigError(f"training setting max_train_steps must be a positive integer or None, got {steps!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +118,13 @@ def _encode_sentence(example: Any, tokenizer: Any, max_length: int) -> dict[str,
 
 
 def _encode_words(example: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
-    features = tokenizer(list(example.text), is_split_into_words=True, truncation=True, max_length=max_length)
+    words = list(example.text)
+    features = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    present = {w for w in features.word_ids() if w is not None}
+    if present and len(present) <= max(present):  # a word gave no sub-tokens (e.g. a lone zero-width space)
+        last = max(present)  # words after it may simply be cut off by the length
+        words = [w if i in present or i > last else (tokenizer.unk_token or "?") for i, w in enumerate(words)]
+        features = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
     labels, seen = [], set()
     for word in features.word_ids():
         first = word is not None and word not in seen
@@ -120,8 +138,9 @@ def _encode_words(example: Any, tokenizer: Any, max_length: int) -> dict[str, An
 
 
 def score(task: Any, examples: list[Any], predictions: np.ndarray, label_ids: np.ndarray) -> float:
-    """The task's metric from logits' argmax. Token tasks: one tag per word; words cut off by the input
-    length are predicted "O", so truncation costs recall instead of hiding entities."""
+    """The task's metric from logits' argmax. Token tasks: one tag per word, in order (``encode`` gives every
+    word before the cut a first sub-token); words cut off by the input length are predicted "O", so
+    truncation costs recall instead of hiding entities."""
     fn = metric_fn(task.metric)
     if task.kind == "sentence":
         return fn(predictions.tolist(), [int(e.label) for e in examples])

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..errors import ConfigError
+from ..methods.recipes import RECIPES
 from ..version import __version__
-from .results import append_result, check_config, read_results, run_key
+from .results import append_result, check_config, check_splits, read_results, run_key
+from .tables import main_budget
 
 RESULTS_FILE = "results.jsonl"
 
@@ -39,16 +41,28 @@ class RunSpec:
         return f"{self.task} {self.method} (budget {self.budget}{size}) seed {self.seed}"
 
 
-def plan(tasks: list[str], methods: list[str], seeds: list[int], budgets: list[int], train_sizes: list[int | None]) -> list[RunSpec]:
-    """Every run, task-major so that each task's table fills up first."""
-    return [
+def plan(
+    tasks: list[str],
+    methods: list[str],
+    seeds: list[int],
+    budgets: list[int],
+    train_sizes: list[int | None],
+    budget_free: Iterable[str] = (),
+) -> list[RunSpec]:
+    """Every run, task-major so that each task's table fills up first; each run once.
+
+    Methods in ``budget_free`` (FT, BitFit: the budget changes nothing) run at the main budget only."""
+    budget_free, main = set(budget_free), main_budget(budgets)
+    runs = [
         RunSpec(task, method, seed, budget, size)
         for task in tasks
         for size in train_sizes
         for budget in budgets
         for seed in seeds
         for method in methods
+        if budget == main or method not in budget_free
     ]
+    return list(dict.fromkeys(runs))
 
 
 def is_main_process() -> bool:
@@ -96,7 +110,15 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def run_one(spec: RunSpec, model_name: str, profile: str, overrides: dict[str, Any], data_dir: str | None, progress: bool) -> dict[str, Any]:
+def run_one(
+    spec: RunSpec,
+    model_name: str,
+    profile: str,
+    overrides: dict[str, Any],
+    data_dir: str | None,
+    progress: bool,
+    shift_prefix_positions: bool = False,
+) -> dict[str, Any]:
     """Train and evaluate one run; the record to append."""
     from transformers import set_seed
 
@@ -108,7 +130,7 @@ def run_one(spec: RunSpec, model_name: str, profile: str, overrides: dict[str, A
     data = load_task(spec.task, data_dir, seed=0, train_size=spec.train_size, sample_seed=spec.seed)
     set_seed(spec.seed)  # before the model: the head's and the methods' initialisation follow the seed
     model, tokenizer = load_for_task(model_name, task)
-    method = recipe(spec.method, spec.budget)
+    method = recipe(spec.method, spec.budget, shift_prefix_positions=shift_prefix_positions)
     attach(model, method)
     report = parameter_report(model)
     large = model.config.hidden_size >= 1024
@@ -147,19 +169,75 @@ def run_one(spec: RunSpec, model_name: str, profile: str, overrides: dict[str, A
     }
 
 
-def validate(tasks: list[str], methods: list[str], budgets: list[int], profile: str) -> None:
-    """Fail on bad names before any model is loaded."""
+def validate(
+    model_name: str,
+    tasks: list[str],
+    methods: list[str],
+    budgets: list[int],
+    train_sizes: list[int | None],
+    profile: str,
+    data_dir: str | None,
+    overrides: dict[str, Any],
+    shift_prefix_positions: bool = False,
+) -> dict[str, tuple[str, str]]:
+    """Fail before any training on bad names or settings, a model that cannot be found, missing data or a
+    training-set size the data cannot give. Returns each task's (scored split, validation split)."""
     from .. import recipe
-    from ..tasks import get_task
-    from ..train import PROFILES
+    from ..models import load_config
+    from ..tasks import get_task, load_task
+    from ..tasks.data import sample
+    from ..train import settings_for
 
     for task in tasks:
         get_task(task)
     for method in methods:
         for budget in budgets:
             recipe(method, budget)
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown training profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+    for task in tasks:
+        for method in methods:
+            settings_for(get_task(task), recipe(method), profile, **overrides)
+    config = load_config(model_name)
+    if shift_prefix_positions:
+        _check_shifted_lengths(config, model_name, tasks, methods, budgets, profile, overrides)
+    splits = {}
+    for task in tasks:
+        data = load_task(task, data_dir, seed=0)
+        for size in train_sizes:
+            if size is not None:
+                sample(data.train, size, seed=0)  # refuses a size the training set cannot give
+        splits[task] = (data.eval_source, data.valid_source)
+    return splits
+
+
+def _check_shifted_lengths(
+    config: Any, model_name: str, tasks: list[str], methods: list[str], budgets: list[int], profile: str, overrides: dict[str, Any]
+) -> None:
+    """With shifted prefix positions, every input plus its prefix must fit the model's position table."""
+    import torch
+    from transformers import AutoModel
+
+    from .. import PrefixConfig, recipe
+    from ..arch import arch_for
+    from ..methods.prefix import position_module, table_length
+    from ..tasks import get_task
+    from ..train import settings_for
+
+    with torch.device("meta"):  # the modules' shapes only, no weights
+        model = AutoModel.from_config(config)
+    limit = table_length(position_module(model, arch_for(model)))
+    if limit is None:  # rotary positions: no table to run past
+        return
+    for task in tasks:
+        for method in methods:
+            for budget in budgets:
+                length = settings_for(get_task(task), recipe(method, budget), profile, **overrides).max_length
+                for c in recipe(method, budget):
+                    if isinstance(c, PrefixConfig) and length + c.prefix_length > limit:
+                        raise ConfigError(
+                            f"--shift-prefix-positions: {task} inputs of up to {length} tokens behind the {method} "
+                            f"prefix of l = {c.prefix_length} need {length + c.prefix_length} positions, and {model_name} "
+                            f"has {limit}; use --max-length {limit - c.prefix_length} or leave out --shift-prefix-positions"
+                        )
 
 
 def compare(
@@ -174,25 +252,40 @@ def compare(
     profile: str = "cpu",
     data_dir: str | None = None,
     overrides: dict[str, Any] | None = None,
+    shift_prefix_positions: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Run every missing run of the plan, appending each record to ``<out>/results.jsonl``; returns all records."""
-    validate(tasks, methods, list(budgets), profile)
+    """Run every missing run of the plan, appending each record to ``<out>/results.jsonl``; returns all records.
+
+    ``shift_prefix_positions``: prefixes give the real tokens positions l, l+1, ... (P-tuning v2's behaviour)."""
+    from .. import recipe
+    from ..tasks import get_task
+
+    tasks = list(dict.fromkeys(get_task(t).name for t in tasks))  # canonical names: one key per run
+    methods = list(dict.fromkeys(recipe(m).name for m in methods))
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    splits = validate(
+        model_name, tasks, methods, list(budgets), list(train_sizes), profile, data_dir, overrides, shift_prefix_positions
+    )
     config = {"model": model_name, "profile": profile, "overrides": overrides}
+    if shift_prefix_positions:  # only when set, so that results files written before the option still match
+        config["shift_prefix_positions"] = True
     path = Path(out) / RESULTS_FILE
     records = read_results(path)
     check_config(records, config, path)
+    for task, (eval_source, valid_source) in splits.items():
+        check_splits(records, task, eval_source, valid_source, path)
     done = {run_key(r) for r in records}
-    runs = plan(tasks, methods, seeds, list(budgets), list(train_sizes))
+    budget_free = [m for m in methods if not RECIPES[m].uses_budget]
+    runs = plan(tasks, methods, seeds, list(budgets), list(train_sizes), budget_free)
     todo = [r for r in runs if r.key not in done]
     if not is_main_process():  # under torchrun every process trains; one reports
         log = lambda message: None  # noqa: E731
     log(f"memtune compare: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to do")
     started = time.perf_counter()
     for n, spec in enumerate(todo, start=1):
-        record = run_one(spec, model_name, profile, overrides, data_dir, progress)
+        record = run_one(spec, model_name, profile, overrides, data_dir, progress, shift_prefix_positions)
         record["config"] = config
         if is_main_process():
             append_result(path, record)

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write
-from .tables import csv_table, low_data_records, markdown_table, summarize, sweep_csv, sweep_plot, sweep_rows
+from .tables import csv_table, low_data_records, main_budget, markdown_table, summarize, sweep_csv, sweep_plot, sweep_rows
 
 TASK_NAMES = {
     "mrpc": "MRPC", "rte": "RTE", "cb": "CB", "qnli": "QNLI", "sst2": "SST-2",
@@ -13,19 +13,14 @@ TASK_NAMES = {
 }  # fmt: skip
 
 
-def _main_budget(records: list[dict[str, Any]]) -> int | None:
-    budgets = sorted({r["budget"] for r in records})
-    return 32 if 32 in budgets else (budgets[0] if budgets else None)
-
-
-def _sources(records: list[dict[str, Any]]) -> str:
-    """One line per task: which split the scores are on, and the data caveats."""
+def _sources(records: list[dict[str, Any]], column: str = "task") -> str:
+    """One line per table column (task, or task and training-set size): the splits scored on, and the caveats."""
     lines = []
-    for task in dict.fromkeys(r["task"] for r in records):
-        first = next(r for r in records if r["task"] == task)
+    for name in dict.fromkeys(r[column] for r in records):
+        first = next(r for r in records if r[column] == name)
         notes = " ".join(n.rstrip(".") + "." for n in first.get("notes") or [])
         lines.append(
-            f"- {TASK_NAMES.get(task, task)} ({first['metric']}): scored on {first['eval_source']}; early stopping on "
+            f"- {TASK_NAMES.get(name, name)} ({first['metric']}): scored on {first['eval_source']}; early stopping on "
             f"{first['valid_source']}; {first['n_train']} training examples." + (f" {notes}" if notes else "")
         )
     return "\n".join(lines)
@@ -40,7 +35,7 @@ def write_reports(records: list[dict[str, Any]], out: str | Path) -> list[Path]:
         atomic_write(out / name, content if isinstance(content, bytes) else content.encode())
         written.append(out / name)
 
-    budget = _main_budget(records)
+    budget = main_budget(r["budget"] for r in records)
     full = [r for r in records if not r.get("train_size") and r["budget"] == budget]
     if full:
         summary = summarize(full)
@@ -50,7 +45,7 @@ def write_reports(records: list[dict[str, Any]], out: str | Path) -> list[Path]:
     low = low_data_records([r for r in records if r["budget"] == budget])
     if low:
         summary = summarize(low, column="task_size")
-        write("table5.md", f"# Low-data results (budget {budget})\n\n{markdown_table(summary)}\n\n{_sources(low)}\n")
+        write("table5.md", f"# Low-data results (budget {budget})\n\n{markdown_table(summary)}\n\n{_sources(low, 'task_size')}\n")
         write("table5.csv", csv_table(summary))
     swept = [r for r in records if not r.get("train_size")]
     if len({r["budget"] for r in swept}) > 1:

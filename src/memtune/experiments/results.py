@@ -1,7 +1,9 @@
 """The append-only results file of a comparison: one JSON line per finished run.
 
-Every record carries the comparison's ``config`` (model, profile, training overrides, data root). A file
-holding records of another config is refused instead of being mixed in. Lines are appended, flushed
+Every record carries the comparison's ``config`` (model, profile, training overrides). A file holding
+records of another config is refused instead of being mixed in, and so is a run whose task would be
+scored on other splits than the same task's runs already in the file (a held-out split that turned up,
+a data root laid out differently; two copies of the same files are not told apart). Lines are appended, flushed
 and fsynced one at a time, so a killed run loses at most the line it was writing; such a truncated
 last line is skipped with a warning, cut before the next append, and its run is redone.
 """
@@ -28,7 +30,10 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     file = Path(path)
     if not file.exists():
         return []
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{file} is not UTF-8 text (byte {e.start}); it is not a memtune results file") from None
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, start=1):
@@ -60,6 +65,18 @@ def check_config(records: Iterable[dict[str, Any]], config: dict[str, Any], path
             )
 
 
+def check_splits(records: Iterable[dict[str, Any]], task: str, eval_source: str, valid_source: str, path: str | os.PathLike) -> None:
+    """Refuse runs of ``task`` scored on other splits than its runs already in ``path``."""
+    for record in records:
+        if record["task"] == task and (record.get("eval_source"), record.get("valid_source")) != (eval_source, valid_source):
+            raise ConfigError(
+                f"{path} holds {task} runs scored on {record.get('eval_source')!r} (validated on "
+                f"{record.get('valid_source')!r}); this run would score on {eval_source!r} (validated on "
+                f"{valid_source!r}). The data changed (--data-dir, $MEMTUNE_DATA or a held-out split); write to "
+                f"another --out folder."
+            )
+
+
 def append_result(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one record as a line; flushed and fsynced before returning.
 
@@ -79,10 +96,24 @@ def append_result(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 
 def _drop_incomplete_last_line(f) -> None:
-    """Cut a fragment left by an interrupted write (bytes after the last newline), which holds no record."""
+    """Before an append: end a whole last record that lacks its newline, or cut a fragment left by an
+    interrupted write (bytes after the last newline that are not a record)."""
     f.seek(0)
     data = f.read()
-    if data and not data.endswith(b"\n"):
+    if not data or data.endswith(b"\n"):
+        return
+    fragment = data[data.rfind(b"\n") + 1 :]
+    if _is_record(fragment):
+        f.write(b"\n")  # "a+b": writes go to the end
+    else:
         f.truncate(data.rfind(b"\n") + 1)
-        f.flush()
-        os.fsync(f.fileno())
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and all(k in record for k in RUN_KEY + ("config",))

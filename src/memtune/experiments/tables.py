@@ -14,6 +14,8 @@ import statistics
 from collections import defaultdict
 from typing import Any, Iterable
 
+from ..methods.recipes import RECIPES
+
 DISPLAY = {
     "ft": "FT", "prefix": "Prefix", "mt-m": "MT-M", "adapter": "Adapter", "lora": "LoRA", "bitfit": "BitFit",
     "mam": "MAM", "unipelt": "UniPELT", "mt-f": "MT-F", "mt-mf": "MT-MF",
@@ -29,6 +31,12 @@ def _ranks(scores: dict[str, float]) -> dict[str, float]:
     """Rank 1 = best; ties share the average of their ranks."""
     ordered = sorted(scores.values(), reverse=True)
     return {m: statistics.fmean([i + 1 for i, v in enumerate(ordered) if v == s]) for m, s in scores.items()}
+
+
+def main_budget(budgets: Iterable[int]) -> int | None:
+    """The budget of Tables III and V: the paper's 32 when present, else the smallest."""
+    budgets = sorted(set(budgets))
+    return 32 if 32 in budgets else (budgets[0] if budgets else None)
 
 
 def _ordered(methods: Iterable[str]) -> list[str]:
@@ -65,7 +73,8 @@ def summarize(records: list[dict[str, Any]], column: str = "task") -> dict[str, 
 
 
 def _marks(values: dict[str, float], higher_is_better: bool = True) -> dict[str, str]:
-    """'best' / 'second' for the top two distinct values."""
+    """'best' / 'second' for the top two distinct values, as printed (one decimal): equal-looking cells get equal marks."""
+    values = {m: round(v, 1) for m, v in values.items()}
     distinct = sorted(set(values.values()), reverse=higher_is_better)
     marks = {}
     for m, v in values.items():
@@ -141,13 +150,13 @@ def low_data_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def sweep_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fig. 2's data: mean and std over seeds per task, method and budget."""
-    groups: dict[tuple[str, str, int], list[float]] = defaultdict(list)
-    for r in records:
-        groups[(r["task"], r["method"], r["budget"])].append(float(r["score"]))
+    groups: dict[tuple[str, str, int], dict[int, float]] = defaultdict(dict)
+    for r in records:  # one score per seed: a run recorded twice counts once (the later record)
+        groups[(r["task"], r["method"], r["budget"])][r["seed"]] = float(r["score"])
     rows = []
-    for (task, method, budget), values in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][1]) if kv[0][1] in ORDER else 99, kv[0][2])):
-        mean, std = _mean_std(values)
-        rows.append({"task": task, "method": method, "budget": budget, "mean": round(mean, 4), "std": round(std, 4), "runs": len(values)})
+    for (task, method, budget), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][1]) if kv[0][1] in ORDER else 99, kv[0][2])):
+        mean, std = _mean_std(list(by_seed.values()))
+        rows.append({"task": task, "method": method, "budget": budget, "mean": round(mean, 4), "std": round(std, 4), "runs": len(by_seed)})
     return rows
 
 
@@ -157,6 +166,9 @@ def sweep_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+REFERENCE_STYLES = ("--", ":", "-.")
 
 
 def sweep_plot(rows: list[dict[str, Any]], metric_names: dict[str, str] | None = None) -> bytes:
@@ -169,8 +181,15 @@ def sweep_plot(rows: list[dict[str, Any]], metric_names: dict[str, str] | None =
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
+        references = 0
         for method in _ordered({r["method"] for r in rows if r["task"] == task}):
             points = [r for r in rows if r["task"] == task and r["method"] == method]
+            if method in RECIPES and not RECIPES[method].uses_budget:  # FT, BitFit: a grey reference line
+                style = REFERENCE_STYLES[references % len(REFERENCE_STYLES)]
+                references += 1
+                mean = statistics.fmean(p["mean"] for p in points)  # one budget, unless runs of several were mixed
+                ax.axhline(mean, linestyle=style, linewidth=1, color="gray", label=DISPLAY.get(method, method))
+                continue
             ax.errorbar([p["budget"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
                         marker="o", capsize=3, label=DISPLAY.get(method, method))  # fmt: skip
         ax.set_xscale("log", base=2)

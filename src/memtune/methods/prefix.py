@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..attention import install_interface_prefix, install_projection_prefix, use_prefix_attention
-from ..errors import MemtuneError
+from ..errors import ConfigError, MemtuneError
 from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, probability, register_method
 
 
@@ -31,6 +31,12 @@ class PrefixConfig(MethodConfig):
     dropout: float = help_field(0.0, "Dropout on the prefix keys/values while training (authors' code: 0.1).")
     gate: bool = help_field(
         False, "UniPELT: scale each example's prefix keys and values by learned gates (mean over its tokens)."
+    )
+    shift_positions: bool = help_field(
+        False,
+        "Give the real tokens positions l, l+1, ... as P-tuning v2, peft and the paper's code do (they pass the "
+        "prefix as past_key_values); False keeps the model's own positions 0, 1, ... Position ids passed to the "
+        "model are shifted too: pass the ones the model would make itself.",
     )
 
     def __post_init__(self):
@@ -127,6 +133,8 @@ class PrefixMethod(TunedMethod):
             for j, attention in enumerate(attentions):
                 handles.add(attention.register_forward_pre_hook(partial(self.remember_gates, j), with_kwargs=True))
                 handles.add(attention.register_forward_hook(partial(self.forget_gates, j)))
+        if self.config.shift_positions:
+            handles.add(install_position_shift(model, arch, self.length))
         if arch.prefix_seam == "projection":
             for j, attention in enumerate(attentions):
                 handles.extend(install_projection_prefix(attention, arch, self, j))
@@ -134,3 +142,71 @@ class PrefixMethod(TunedMethod):
         handles.extend(use_prefix_attention(model))
         for j, attention in enumerate(attentions):
             handles.add(install_interface_prefix(attention, self, j))
+
+
+def shifted_positions(position_ids: torch.Tensor, length: int, padding_idx: int | None = None) -> torch.Tensor:
+    """Positions as a model gives them with ``length`` cached tokens in front: ``+ length``, except the
+    padding index, which RoBERTa-style embeddings give to padding tokens whatever the cache holds."""
+    if padding_idx is None:
+        return position_ids + length
+    return torch.where(position_ids == padding_idx, position_ids, position_ids + length)
+
+
+_SHIFTED = "_memtune_position_shift"  # set on the position module while a prefix shifts its input
+
+
+class _PositionShift:
+    """The pre-hook that shifts a position module's input by the prefix length, and its removal."""
+
+    def __init__(self, module: nn.Module, length: int):
+        self.module, self.length = module, length
+        self.handle = module.register_forward_pre_hook(self, with_kwargs=True)
+        setattr(module, _SHIFTED, length)
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if "position_ids" in kwargs:
+            kwargs = {**kwargs, "position_ids": shifted_positions(kwargs["position_ids"], self.length)}
+            return args, kwargs
+        if isinstance(module, nn.Embedding):  # absolute positions: the input is the ids
+            ids = shifted_positions(args[0], self.length, module.padding_idx)
+            if not torch.compiler.is_compiling() and ids.numel() and int(ids.max()) >= module.num_embeddings:
+                raise MemtuneError(
+                    f"with its positions shifted by the prefix length l = {self.length}, the input reaches position "
+                    f"{int(ids.max())}, past the model's {module.num_embeddings} position embeddings; use inputs of at "
+                    f"most {table_length(module) - self.length} tokens, or PrefixConfig(shift_positions=False)"
+                )
+            return (ids, *args[1:]), kwargs
+        return (args[0], shifted_positions(args[1], self.length), *args[2:]), kwargs  # rotary: (x, position_ids)
+
+    def remove(self) -> None:
+        self.handle.remove()
+        if hasattr(self.module, _SHIFTED):
+            delattr(self.module, _SHIFTED)
+
+
+def table_length(module: nn.Module) -> int | None:
+    """How many token positions an absolute position table holds (RoBERTa's start after its padding
+    index); None for rotary embeddings, which have no table."""
+    if not isinstance(module, nn.Embedding):
+        return None
+    return module.num_embeddings - (0 if module.padding_idx is None else module.padding_idx + 1)
+
+
+def position_module(model: nn.Module, arch: ArchSpec) -> nn.Module:
+    if not arch.positions:
+        raise ConfigError(
+            "PrefixConfig(shift_positions=True) needs to know which module takes the position ids; this architecture's "
+            "ArchSpec has no 'positions' path (set ArchSpec(positions=...), or use shift_positions=False)"
+        )
+    return submodule(model.base_model, arch.positions, "the module called with the position ids")
+
+
+def install_position_shift(model: nn.Module, arch: ArchSpec, length: int) -> _PositionShift:
+    """Shift the positions the model gives its real tokens by ``length`` (refused twice on one model)."""
+    module = position_module(model, arch)
+    if hasattr(module, _SHIFTED):
+        raise ConfigError(
+            f"two prefixes shift this model's positions (by {getattr(module, _SHIFTED)} and {length}); "
+            "set shift_positions=True on one PrefixConfig only"
+        )
+    return _PositionShift(module, length)

@@ -6,7 +6,7 @@ a composite splits it (l + s = budget for MT-MF, l + r for MAM); full fine-tunin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..errors import ConfigError
@@ -89,8 +89,11 @@ RECIPES: dict[str, RecipeSpec] = {
 }
 
 
-def recipe(name: str, budget: int = 32) -> Recipe:
+def recipe(name: str, budget: int = 32, *, shift_prefix_positions: bool = False) -> Recipe:
     """The configs of a named method at a parameter budget (default 32, the paper's setting).
+
+    ``shift_prefix_positions`` sets ``PrefixConfig.shift_positions`` on the recipe's prefix, if it has one:
+    the real tokens then take positions l, l+1, ... as in P-tuning v2 and the paper's code.
 
     >>> recipe("mt-mf").configs   # l = 16 prefix + s = 16, k = 50 memory
     """
@@ -101,4 +104,7 @@ def recipe(name: str, budget: int = 32) -> Recipe:
         raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
     positive_int(budget, "budget")
     spec = RECIPES[key]
-    return Recipe(key, budget, spec.build(budget), spec.learning_rate)
+    configs = spec.build(budget)
+    if shift_prefix_positions:
+        configs = [replace(c, shift_positions=True) if isinstance(c, PrefixConfig) else c for c in configs]
+    return Recipe(key, budget, configs, spec.learning_rate)
