@@ -11,8 +11,9 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 import memtune
 from memtune.cli import main
+from fixture_data import fixture_root
 
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
+FIXTURES = fixture_root()  # the hand-written fixture files, in a temporary folder
 
 
 @pytest.fixture(scope="module")

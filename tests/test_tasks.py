@@ -10,8 +10,9 @@ import pytest
 import memtune.tasks.data as task_data
 from memtune.errors import ConfigError
 from memtune.tasks import READERS, TASKS, carve, get_task, load_task, sample, shared_data_dir
+from fixture_data import fixture_root
 
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
+FIXTURES = fixture_root()  # the hand-written fixture files, in a temporary folder
 _NLI_STRINGS = ("entailment", "not_entailment")
 
 

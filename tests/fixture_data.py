@@ -1,0 +1,187 @@
+"""Hand-written fixture data in the formats of ../shared/data (each folder's PROVENANCE.md describes them).
+
+The texts live here and are written to a temporary folder, laid out like the shared data, when the tests
+ask for it: no committed file carries a benchmark file's name, and none is a copy of benchmark data.
+"""
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from functools import cache
+from pathlib import Path
+
+FILES: dict[str, str] = {
+    'cb/train.jsonl': (
+        '{"premise": "I think it will rain. The clouds are dark.", "hypothesis": "it will rain", "label": "entailment", "idx": 0}\n'
+        '{"premise": "I doubt he came. Nobody saw him.", "hypothesis": "he came", "label": "contradiction", "idx": 1}\n'
+        '{"premise": "Maybe she knew. Who can tell?", "hypothesis": "she knew", "label": "neutral", "idx": 2}\n'
+        '{"premise": "He said the door was open. We walked in.", "hypothesis": "the door was open", "label": "entailment", "idx": 3}\n'
+        '{"premise": "I don\'t believe it is true. It sounds odd.", "hypothesis": "it is true", "label": "contradiction", "idx": 4}\n'
+    ),
+    'conll2003/test.txt': (
+        '-DOCSTART- -X- -X- O\n'
+        '\n'
+        'Peru NNP B-NP B-LOC\n'
+        'wins VBZ B-VP O\n'
+        '. . O O\n'
+    ),
+    'conll2003/train.txt': (
+        '-DOCSTART- -X- -X- O\n'
+        '\n'
+        'Acme NNP B-NP B-ORG\n'
+        'hires VBZ B-VP O\n'
+        'Dutch JJ B-NP B-MISC\n'
+        'engineers NNS I-NP O\n'
+        '. . O O\n'
+        '\n'
+        'Maria NNP B-NP B-PER\n'
+        'Lopez NNP I-NP I-PER\n'
+        '\n'
+        '-DOCSTART- -X- -X- O\n'
+        '\n'
+        'OSLO NNP B-NP B-LOC\n'
+        '2001-01-01 CD I-NP O\n'
+        '\n'
+    ),
+    'conll2003/valid.txt': (
+        '-DOCSTART- -X- -X- O\n'
+        '\n'
+        'TENNIS NNP B-NP O\n'
+        'GLOBEX NNP B-NP B-ORG\n'
+        '\n'
+    ),
+    'conll2004/dev.txt': (
+        '#doc 7\n'
+        "0\tLima\tB-Loc\t['N']\t[0]\n"
+        "1\tis\tO\t['N']\t[1]\n"
+        "2\tbig\tO\t['N']\t[2]\n"
+    ),
+    'conll2004/train.txt': (
+        '#doc 1\n'
+        "0\tGov.\tO\t['N']\t[0]\n"
+        "1\tAnna\tB-Peop\t['N']\t[1]\n"
+        "2\tSmith\tI-Peop\t['Live_In']\t[4]\n"
+        "3\tof\tO\t['N']\t[3]\n"
+        "4\tOhio\tB-Loc\t['N']\t[4]\n"
+        '#doc 2\n'
+        "0\tGlobex\tB-Org\t['N']\t[0]\n"
+        "1\tsaid\tO\t['N']\t[1]\n"
+        '#doc 3\n'
+        "0\tThe\tO\t['N']\t[0]\n"
+        "1\tGold\tB-Other\t['N']\t[1]\n"
+        "2\tCup\tI-Other\t['N']\t[2]\n"
+    ),
+    'mrpc/dev.tsv': (
+        '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n'
+        '1\t201\t202\tThe talks ended .\tThe negotiations finished .\n'
+        '0\t203\t204\tIt rained .\tPrices fell .\n'
+    ),
+    'mrpc/test.tsv': (
+        'index\tQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n'
+        '0\t1\t301\t302\tThey won .\tThey were victorious .\n'
+    ),
+    'mrpc/train.tsv': (
+        '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n'
+        '1\t101\t102\tThe cat sat on the mat .\tA cat was sitting on the mat .\n'
+        '0\t103\t104\tStocks rose " sharply " today .\tThe weather was cold .\n'
+        '1\t105\t106\tHe left at noon .\tHe departed at midday .\n'
+        '0\t107\t108\tShe bought a car .\tShe sold her house .\n'
+    ),
+    'msra_ner/msra_test_bio': (
+        '上\tB-LOC\n'
+        '海\tI-LOC\n'
+        '\n'
+        '李\tB-PER\n'
+        '四\tI-PER\n'
+        '\n'
+    ),
+    'msra_ner/msra_train_bio': (
+        '当\tO\n'
+        '北\tB-LOC\n'
+        '京\tI-LOC\n'
+        '\n'
+        '张\tB-PER\n'
+        '三\tI-PER\n'
+        '说\tO\n'
+        '\n'
+        '新\tB-ORG\n'
+        '华\tI-ORG\n'
+        '社\tI-ORG\n'
+        '\n'
+        '好\tO\n'
+        '\n'
+    ),
+    'qnli/dev.tsv': (
+        'index\tquestion\tsentence\tlabel\n'
+        '0\tWhere is the river?\tThe river runs through the valley.\tentailment\n'
+        '1\tWho won?\tThe match was postponed.\tnot_entailment\n'
+    ),
+    'qnli/train_subset_powerfulpromptft/dev.json': (
+        '{\n'
+        '    "0": {\n'
+        '        "text_a": "How tall is the tower?",\n'
+        '        "text_b": "Its colour is grey.",\n'
+        '        "label": "not_entailment"\n'
+        '    }\n'
+        '}\n'
+    ),
+    'qnli/train_subset_powerfulpromptft/train.json': (
+        '{\n'
+        '    "0": {\n'
+        '        "text_a": "Who wrote the play?",\n'
+        '        "text_b": "The play was written by a young poet.",\n'
+        '        "label": "entailment"\n'
+        '    },\n'
+        '    "1": {\n'
+        '        "text_a": "When did the war end?",\n'
+        '        "text_b": "The city is known for its bridges.",\n'
+        '        "label": "not_entailment"\n'
+        '    },\n'
+        '    "2": {\n'
+        '        "text_a": "What is the capital?",\n'
+        '        "text_b": "The capital is a port city.",\n'
+        '        "label": "entailment"\n'
+        '    }\n'
+        '}\n'
+    ),
+    'rte/train.tsv': (
+        'index\tsentence1\tsentence2\tlabel\n'
+        '0\tA man is playing a guitar.\tA man plays music.\tentailment\n'
+        '1\tThe sun rose early.\tIt was night all day.\tnot_entailment\n'
+        '2\tShe won the race.\tShe took part in a race.\tentailment\n'
+        '3\tThe shop is closed.\tThe shop sells bread at midnight.\tnot_entailment\n'
+        '4\tBirds can fly.\tSome animals fly.\tentailment\n'
+        '5\tHe is asleep.\tHe is running a marathon.\tnot_entailment\n'
+    ),
+    'sst2/dev.tsv': (
+        'text\tlabel\n'
+        'the best film of the year \t1\n'
+        'boring from start to end \t0\n'
+    ),
+    'sst2/test.tsv': (
+        'text\tlabel\n'
+        '0\tan unlabelled test sentence \n'
+    ),
+    'sst2/train.tsv': (
+        'text\tlabel\n'
+        'a gentle , moving film \t1\n'
+        'a dull , lifeless mess \t0\n'
+        'warm and witty \t1\n'
+        'it never finds its footing \t0\n'
+        'beautifully acted \t1\n'
+        'tedious and flat \t0\n'
+    ),
+}
+
+
+@cache
+def fixture_root() -> Path:
+    """The folder holding FILES (written once per test session, removed at exit)."""
+    root = Path(tempfile.mkdtemp(prefix="memtune-fixtures-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    for name, text in FILES.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
