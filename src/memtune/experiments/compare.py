@@ -188,17 +188,12 @@ def validate(
     from ..tasks.data import sample
     from ..train import settings_for
 
-    for task in tasks:
-        get_task(task)
-    for method in methods:
-        for budget in budgets:
-            recipe(method, budget)
-    for task in tasks:
-        for method in methods:
-            settings_for(get_task(task), recipe(method), profile, **overrides)
+    task_specs = [get_task(task) for task in tasks]
+    recipes = [recipe(method, budget) for method in methods for budget in budgets]
+    settings = [(task, r, settings_for(task, r, profile, **overrides)) for task in task_specs for r in recipes]
     config = load_config(model_name)
     if shift_prefix_positions:
-        _check_shifted_lengths(config, model_name, tasks, methods, budgets, profile, overrides)
+        _check_shifted_lengths(config, model_name, settings)
     splits = {}
     for task in tasks:
         data = load_task(task, data_dir, seed=0)
@@ -209,35 +204,29 @@ def validate(
     return splits
 
 
-def _check_shifted_lengths(
-    config: Any, model_name: str, tasks: list[str], methods: list[str], budgets: list[int], profile: str, overrides: dict[str, Any]
-) -> None:
+def _check_shifted_lengths(config: Any, model_name: str, settings: list[tuple[Any, Any, Any]]) -> None:
     """With shifted prefix positions, every input plus its prefix must fit the model's position table."""
     import torch
     from transformers import AutoModel
 
-    from .. import PrefixConfig, recipe
+    from .. import PrefixConfig
     from ..arch import arch_for
     from ..methods.prefix import position_module, table_length
-    from ..tasks import get_task
-    from ..train import settings_for
 
     with torch.device("meta"):  # the modules' shapes only, no weights
         model = AutoModel.from_config(config)
     limit = table_length(position_module(model, arch_for(model)))
     if limit is None:  # rotary positions: no table to run past
         return
-    for task in tasks:
-        for method in methods:
-            for budget in budgets:
-                length = settings_for(get_task(task), recipe(method, budget), profile, **overrides).max_length
-                for c in recipe(method, budget):
-                    if isinstance(c, PrefixConfig) and length + c.prefix_length > limit:
-                        raise ConfigError(
-                            f"--shift-prefix-positions: {task} inputs of up to {length} tokens behind the {method} "
-                            f"prefix of l = {c.prefix_length} need {length + c.prefix_length} positions, and {model_name} "
-                            f"has {limit}; use --max-length {limit - c.prefix_length} or leave out --shift-prefix-positions"
-                        )
+    for task, r, run_settings in settings:  # (task, recipe, its training settings)
+        length = run_settings.max_length
+        for c in r:
+            if isinstance(c, PrefixConfig) and length + c.prefix_length > limit:
+                raise ConfigError(
+                    f"--shift-prefix-positions: {task.name} inputs of up to {length} tokens behind the {r.name} "
+                    f"prefix of l = {c.prefix_length} need {length + c.prefix_length} positions, and {model_name} "
+                    f"has {limit}; use --max-length {limit - c.prefix_length} or leave out --shift-prefix-positions"
+                )
 
 
 def compare(
@@ -260,10 +249,9 @@ def compare(
 
     ``shift_prefix_positions``: prefixes give the real tokens positions l, l+1, ... (P-tuning v2's behaviour)."""
     from .. import recipe
-    from ..tasks import get_task
 
-    tasks = list(dict.fromkeys(get_task(t).name for t in tasks))  # canonical names: one key per run
-    methods = list(dict.fromkeys(recipe(m).name for m in methods))
+    tasks = list(dict.fromkeys(tasks))
+    methods = list(dict.fromkeys(recipe(m).name for m in methods))  # canonical names: one key per run
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     splits = validate(
         model_name, tasks, methods, list(budgets), list(train_sizes), profile, data_dir, overrides, shift_prefix_positions
