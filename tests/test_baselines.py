@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 
+import peft
 import pytest
 import torch
+import transformers
 from peft import LoraConfig as PeftLoraConfig
 from peft import PrefixTuningConfig, TaskType, get_peft_model
 
@@ -279,6 +281,37 @@ def test_bitfit_and_ft_train_what_the_paper_says():
 
 
 # --- prefix tuning against peft ---------------------------------------------------------------------
+# peft passes its prefix as past_key_values, which transformers renames from release to release (5.24:
+# ``cache``). Where the installed pair breaks peft's own prefix tuning, these tests skip and say why,
+# with the versions: they compare memtune with peft, and a broken peft is no reference.
+
+VERSIONS = f"peft {peft.__version__} with transformers {transformers.__version__}"
+
+
+def _peft_or_skip(run):
+    """``run()`` (a call into peft's prefix-tuned model); skip with peft's own error if it raises."""
+    try:
+        return run()
+    except Exception as error:  # noqa: BLE001 - any failure inside peft means there is no reference
+        pytest.skip(f"peft's prefix tuning fails on {VERSIONS}: {type(error).__name__}: {error}")
+
+
+def _skip_unless_peft_generates_like_its_forward(model, inputs):
+    """peft's first generated step must equal its own forward pass on the rows without padding (on padded
+    rows generate() takes positions from the mask and forward does not); where transformers drops the
+    prefix peft hands to generate() (5.24: 'Both past_key_values and cache are set'), it does not."""
+    with torch.no_grad():
+        forward = _peft_or_skip(lambda: model(**inputs).logits[:, -1])
+    step = _peft_or_skip(
+        lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=0, output_scores=True,
+                               return_dict_in_generate=True).scores[0]
+    )
+    full = inputs["attention_mask"].bool().all(dim=1)
+    gap = (step[full] - forward[full]).abs().max().item()
+    if gap > 1e-4:
+        pytest.skip(f"peft's prefix-tuned generate() disagrees with its own forward pass on {VERSIONS} "
+                    f"(max logit difference {gap:.3g} at the first step): no reference to compare with")
+
 
 
 PEFT_PREFIX_CASES = [
@@ -326,7 +359,7 @@ def test_prefix_equals_peft_prefix_tuning(arch, head, task, reparameterize, shif
     offset = 2 if arch == "roberta" else 0  # RoBERTa positions start after its padding index
     positions = torch.arange(length, length + 7).expand(2, -1) + offset
     with torch.no_grad():
-        expected = theirs(**inputs).logits
+        expected = _peft_or_skip(lambda: theirs(**inputs).logits)
         got = ours(**inputs).logits if shift else ours(**inputs, position_ids=positions).logits
     keep = inputs["attention_mask"].bool() if got.dim() == 3 else slice(None)
     torch.testing.assert_close(got[keep], expected[keep], rtol=1e-5, atol=1e-5)
@@ -346,6 +379,7 @@ def test_shifted_prefix_generates_like_peft_prefix_tuning(arch):
         method.prefix.normal_(0, 1.0)
         theirs.prompt_encoder["default"].embedding.weight.copy_(method.prefix.permute(1, 0, 2).reshape(length, -1))
     inputs = batch(arch, pad="left")
+    _skip_unless_peft_generates_like_its_forward(theirs, inputs)
     run = lambda model: model.generate(  # noqa: E731
         **inputs, max_new_tokens=6, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True
     )

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..attention import install_interface_prefix, install_projection_prefix, use_prefix_attention
+from ..compat import cache_from, cached_length
 from ..errors import ConfigError, MemtuneError
 from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, probability, register_method
 
@@ -97,8 +98,7 @@ class PrefixMethod(TunedMethod):
 
         As in AdapterHub's UniPELT, the mean runs over every position of the input, padding included. It
         depends on the whole input, so cached decoding (which sees only the new tokens) is refused."""
-        cache = kwargs.get("past_key_values")
-        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length(getattr(module, "layer_idx", 0) or 0) > 0:
+        if cached_length(cache_from(kwargs), getattr(module, "layer_idx", 0) or 0) > 0:
             raise MemtuneError(
                 "a gated prefix (UniPELT) averages its gate over the whole input, which cached decoding does not "
                 "see; generate with use_cache=False"

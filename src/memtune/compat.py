@@ -1,0 +1,28 @@
+"""The one place that knows keyword names which differ between the transformers releases memtune supports.
+
+transformers renames arguments between minor releases and keeps the old name for a while behind a
+deprecation shim (5.24 renamed the KV cache ``past_key_values`` -> ``cache`` in every forward, layers
+and attention modules included; ``past_key_value`` was the per-layer name before 4.56). memtune reads
+such arguments only through the functions here, so the next rename is one line.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")  # newest first
+
+
+def cache_from(kwargs: Mapping[str, Any]) -> Any:
+    """The KV cache a forward was called with, under whichever name this transformers passes it; None if none."""
+    for name in CACHE_KWARGS:
+        value = kwargs.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def cached_length(cache: Any, layer_idx: int = 0) -> int:
+    """How many tokens ``cache`` already holds for layer ``layer_idx`` (0 for no cache or a legacy tuple)."""
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return 0
+    return int(cache.get_seq_length(layer_idx))
