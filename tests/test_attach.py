@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import memtune
+from memtune.compat import enable_activation_checkpointing
 from conftest import DECODERS, ENCODERS, batch, logits, tiny_model
 
 RECIPES = ["mt-f", "mt-m", "mt-mf"]
@@ -115,7 +116,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch, reentrant):
         memtune.attach(model, memtune.recipe("mt-mf", budget=8))
         torch.nn.init.normal_(model.memtune.methods["memory"].blocks["1"].out.weight)
         if checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+            enable_activation_checkpointing(model, use_reentrant=reentrant)
         model.train()
         inputs = batch(arch)
         labels = inputs["input_ids"] if arch in DECODERS else torch.tensor([0, 1])

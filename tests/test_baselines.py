@@ -16,6 +16,7 @@ from peft import PrefixTuningConfig, TaskType, get_peft_model
 
 import memtune
 from memtune.errors import ArchitectureError, ConfigError, MemtuneError
+from memtune.compat import enable_activation_checkpointing
 from memtune.tuning import backbone_named_parameters, method_parameters
 
 from conftest import ARCHS, ENCODERS, batch, logits, tiny_model
@@ -296,22 +297,33 @@ def _peft_or_skip(run):
         pytest.skip(f"peft's prefix tuning fails on {VERSIONS}: {type(error).__name__}: {error}")
 
 
-def _skip_unless_peft_generates_like_its_forward(model, inputs):
-    """peft's first generated step must equal its own forward pass on the rows without padding (on padded
-    rows generate() takes positions from the mask and forward does not); where transformers drops the
-    prefix peft hands to generate() (5.24: 'Both past_key_values and cache are set'), it does not."""
+def _generate(model, inputs, steps=6):
+    return model.generate(**inputs, max_new_tokens=steps, do_sample=False, pad_token_id=0, output_scores=True,
+                          return_dict_in_generate=True)
+
+
+def _without_left_padding(inputs, row, padding):
+    return {k: v[row : row + 1, padding:] for k, v in inputs.items()}
+
+
+def _skip_unless_peft_generates_as_a_reference(model, inputs, row, padding):
+    """peft's prefix-tuned generate() is a reference only where it is consistent with itself:
+    - its first step equals its own forward pass on the rows without padding (where transformers drops the
+      prefix peft hands to generate(), 5.24: 'Both past_key_values and cache are set', it does not);
+    - a left-padded row generates what the same row does alone (on 5.0 it does not)."""
     with torch.no_grad():
         forward = _peft_or_skip(lambda: model(**inputs).logits[:, -1])
-    step = _peft_or_skip(
-        lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=0, output_scores=True,
-                               return_dict_in_generate=True).scores[0]
-    )
+    padded = _peft_or_skip(lambda: _generate(model, inputs))
     full = inputs["attention_mask"].bool().all(dim=1)
-    gap = (step[full] - forward[full]).abs().max().item()
+    gap = (padded.scores[0][full] - forward[full]).abs().max().item()
     if gap > 1e-4:
         pytest.skip(f"peft's prefix-tuned generate() disagrees with its own forward pass on {VERSIONS} "
                     f"(max logit difference {gap:.3g} at the first step): no reference to compare with")
-
+    alone = _peft_or_skip(lambda: _generate(model, _without_left_padding(inputs, row, padding)))
+    width = inputs["input_ids"].shape[1]
+    if not torch.equal(padded.sequences[row, width:], alone.sequences[0, width - padding:]):
+        pytest.skip(f"peft's prefix-tuned generate() on {VERSIONS} generates other tokens for a left-padded row "
+                    "than for the same row without padding: no reference to compare with")
 
 
 PEFT_PREFIX_CASES = [
@@ -379,11 +391,12 @@ def test_shifted_prefix_generates_like_peft_prefix_tuning(arch):
         method.prefix.normal_(0, 1.0)
         theirs.prompt_encoder["default"].embedding.weight.copy_(method.prefix.permute(1, 0, 2).reshape(length, -1))
     inputs = batch(arch, pad="left")
-    _skip_unless_peft_generates_like_its_forward(theirs, inputs)
-    run = lambda model: model.generate(  # noqa: E731
-        **inputs, max_new_tokens=6, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True
-    )
-    got, expected = run(ours), run(theirs)
+    width = inputs["input_ids"].shape[1]
+    # memtune on its own: left padding changes nothing (row 0 has 3 padding tokens)
+    alone = _generate(ours, _without_left_padding(inputs, 0, 3))
+    assert torch.equal(_generate(ours, inputs).sequences[0, width:], alone.sequences[0, width - 3:])
+    _skip_unless_peft_generates_as_a_reference(theirs, inputs, row=0, padding=3)
+    got, expected = _generate(ours, inputs), _generate(theirs, inputs)
     assert torch.equal(got.sequences, expected.sequences)
     torch.testing.assert_close(torch.stack(got.scores), torch.stack(expected.scores), rtol=1e-5, atol=1e-5)
 
@@ -545,7 +558,7 @@ def test_activation_checkpointing_gives_the_same_gradients(name):
             for p in method_parameters(model):
                 p.normal_(0, 0.2)
         if checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         model.train()
         _loss(model, batch("bert")).backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})

