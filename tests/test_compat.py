@@ -27,3 +27,15 @@ def test_cached_length_reads_a_cache_and_treats_anything_else_as_empty():
     cache.update(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), layer_idx=0)
     assert cached_length(cache) == 4
     assert cached_length(None) == 0 and cached_length(((torch.zeros(1),),)) == 0
+
+
+def test_loading_asks_for_no_hub_kernels_only_when_the_kernels_package_is_missing(monkeypatch):
+    import transformers.utils
+
+    from memtune.compat import loading_kwargs
+
+    monkeypatch.setattr(transformers.utils, "is_kernels_available", lambda: False)
+    assert loading_kwargs({"num_labels": 3}) == {"num_labels": 3, "use_kernels": False}
+    assert loading_kwargs({"use_kernels": True}) == {"use_kernels": True}  # the caller's choice stands
+    monkeypatch.setattr(transformers.utils, "is_kernels_available", lambda: True)
+    assert loading_kwargs({"num_labels": 3}) == {"num_labels": 3}

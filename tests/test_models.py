@@ -266,7 +266,7 @@ def test_load_model_says_new_head_once_in_its_own_words_and_lists_what_is_unexpe
     for _ in range(2):
         load_model(tmp_path / "tiny", AutoModelForSequenceClassification, num_labels=3)
     err = capsys.readouterr().err
-    assert err.count("new 3-label head (classifier.weight, classifier.bias)") == 1
+    assert err.count("new 3-label head (classifier.bias, classifier.weight)") == 1
     assert "LOAD REPORT" not in err and "MISSING" not in err and "Loading weights" not in err
 
     weights = tmp_path / "tiny" / "model.safetensors"

@@ -35,3 +35,17 @@ def enable_activation_checkpointing(model: Any, use_reentrant: bool = False) -> 
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+
+
+def loading_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments that load on every supported release.
+
+    transformers 5.25 turns hub kernels on by default and then refuses to load any model when the
+    ``kernels`` package (>= 0.19.1, which the package registry does not serve) is missing; before 5.25
+    the default was off. Without ``kernels``, memtune asks for the old default; an explicit
+    ``use_kernels`` is passed through as given."""
+    if "use_kernels" in kwargs:
+        return dict(kwargs)
+    from transformers.utils import is_kernels_available
+
+    return dict(kwargs) if is_kernels_available() else {**kwargs, "use_kernels": False}

@@ -40,10 +40,12 @@ import sys
 import tempfile
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .compat import loading_kwargs
 from .errors import MemtuneError
 
 MARKER = ".complete"
@@ -381,7 +383,7 @@ def _convert_gguf(gguf_path: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, **loading_kwargs({"gguf_file": name}))
     settings = loaded.config.to_dict()
     settings.pop("quantization_config", None)  # save_pretrained refuses a model marked gguf-quantised
     model = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(settings), dtype=loaded.dtype)
@@ -441,10 +443,70 @@ def load_config(name_or_path: str | os.PathLike[str]) -> Any:
 
 
 def load_model(name_or_path: str | os.PathLike[str], auto_class: Any = None, **kwargs: Any) -> Any:
-    """``auto_class.from_pretrained(resolve(name_or_path), **kwargs)``; ``auto_class`` defaults to AutoModel."""
+    """``auto_class.from_pretrained(resolve(name_or_path), **kwargs)``; ``auto_class`` defaults to AutoModel.
+
+    transformers' load report (and its weight-loading bar) is replaced by memtune's own lines on stderr: a
+    new task head is named once per process ("new 3-label head"), as expected; backbone weights missing
+    from the checkpoint, checkpoint weights the model does not use and shape mismatches are listed."""
     if auto_class is None:
         from transformers import AutoModel as auto_class
-    return auto_class.from_pretrained(resolve(name_or_path), **kwargs)
+    return_info = kwargs.pop("output_loading_info", False)
+    with quiet_transformers():
+        model, info = auto_class.from_pretrained(resolve(name_or_path), output_loading_info=True, **loading_kwargs(kwargs))
+    for message in loading_messages(os.fspath(name_or_path), model, info):
+        _say_once(message)
+    return (model, info) if return_info else model
+
+
+def loading_messages(name: str, model: Any, info: dict[str, Any]) -> list[str]:
+    """What memtune says about a load: the new head (expected), then anything unexpected."""
+    missing = sorted(info.get("missing_keys") or [])  # a set in some releases: sorted, so messages repeat exactly
+    has_head = model.base_model is not model
+    prefix = f"{model.base_model_prefix}."
+    head = [k for k in missing if has_head and not k.startswith(prefix)]
+    backbone = [k for k in missing if k not in head]
+    messages = []
+    if head:
+        labels = getattr(model.config, "num_labels", None) if "Classification" in type(model).__name__ else None
+        what = f"new {labels}-label head" if labels else "new head"
+        messages.append(f"{name}: {what} ({_keys(head)}), initialised at random, for training")
+    for keys, what in (
+        (backbone, "backbone weights not in the checkpoint, left at their random initialisation"),
+        (sorted(info.get("unexpected_keys") or []), "checkpoint weights the model does not use"),
+        ([str(k) for k in info.get("mismatched_keys") or []], "weights whose shape differs from the checkpoint's"),
+    ):
+        if keys:
+            messages.append(f"warning: {name}: {len(keys)} {what}: {_keys(keys)}")
+    return messages
+
+
+def _keys(keys: list[str], shown: int = 6) -> str:
+    return ", ".join(keys[:shown]) + (f", ... ({len(keys) - shown} more)" if len(keys) > shown else "")
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        _announce(message)
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' warnings and progress bars off for the duration (memtune says what matters itself)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
@@ -468,4 +530,6 @@ __all__ = [
     "resolve",
     "load_model",
     "load_tokenizer",
+    "loading_messages",
+    "quiet_transformers",
 ]
