@@ -79,3 +79,53 @@ def test_params_default_is_the_whole_table_ii_for_both_berts(capsys):
             assert abs(row(method)["tuned_pct"] - row(method)["paper_printed_pct"][0]) <= 0.011, (model, method)
         for method in ("prefix", "mam", "mt-mf"):
             assert abs(row(method)["stored_pct"] - row(method)["paper_printed_pct"][1]) <= 0.011, (model, method)
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_transformers():
+    """`memtune --help` is instant: the CLI imports the heavy libraries only to run a command."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from memtune.cli import main\n"
+        "for argv in (['--help'], ['compare', '--help'], ['compare', '--seeds']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_export_writes_a_folder_peft_loads_with_the_same_outputs(capsys, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+    import memtune
+    from memtune.models import load_model
+
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    BertModel(config).save_pretrained(tmp_path / "base")
+    base = lambda: load_model(tmp_path / "base", AutoModelForSequenceClassification, num_labels=3).eval()  # noqa: E731
+    model = memtune.attach(base(), memtune.LoraConfig(rank=2))
+    with torch.no_grad():
+        for p in memtune.methods_of(model)["lora"].parameters():
+            p.normal_(0, 0.3)
+        model.classifier.weight.normal_()
+    memtune.save(model, tmp_path / "ckpt")
+
+    code, out, err = run(capsys, "export", str(tmp_path / "ckpt"), "--model", str(tmp_path / "base"), "--out", str(tmp_path / "peft"))
+    assert code == 0, err
+    assert "PeftModel.from_pretrained" in out and "new 3-label head" in err  # the label count read from the checkpoint
+    theirs = PeftModel.from_pretrained(base(), tmp_path / "peft").eval()
+    ids = torch.randint(3, 64, (2, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+    memtune.save(memtune.attach(base(), memtune.recipe("mt-f", budget=4)), tmp_path / "mtf")
+    code, _, err = run(capsys, "export", str(tmp_path / "mtf"), "--model", str(tmp_path / "base"), "--out", str(tmp_path / "no"))
+    assert code == 2 and "peft has no memory-tuning" in err and not (tmp_path / "no").exists()

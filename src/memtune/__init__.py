@@ -3,26 +3,63 @@
     model = memtune.attach(model, memtune.recipe("mt-mf"))
     memtune.parameter_report(model)
     memtune.save(model, "out/run"); memtune.load(fresh_model, "out/run")
+    memtune.export_peft(model, "out/peft")  # peft's format, for PeftModel.from_pretrained
     memtune.detach(model)                # or memtune.merge_and_unload(model) for LoRA / BitFit / FT
 """
-from .arch import ARCHITECTURES, ArchSpec, register_architecture
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 from .errors import ArchitectureError, CheckpointError, ConfigError, MemtuneError
-from .io import load, save
-from .methods import (
-    AdapterConfig,
-    BitFitConfig,
-    FullConfig,
-    LoraConfig,
-    MemoryBlock,
-    MemoryConfig,
-    MethodConfig,
-    PrefixConfig,
-    Recipe,
-    recipe,
-)
-from .params import parameter_report
-from .tuning import attach, detach, merge_and_unload, methods_of
 from .version import __version__
+
+# The API is imported on first use (PEP 562), so that ``import memtune`` (and ``memtune --help``) does not
+# import torch and transformers before they are needed.
+_LAZY = {
+    "ARCHITECTURES": ".arch",
+    "ArchSpec": ".arch",
+    "register_architecture": ".arch",
+    "load": ".io",
+    "save": ".io",
+    "AdapterConfig": ".methods",
+    "BitFitConfig": ".methods",
+    "FullConfig": ".methods",
+    "LoraConfig": ".methods",
+    "MemoryBlock": ".methods",
+    "MemoryConfig": ".methods",
+    "MethodConfig": ".methods",
+    "PrefixConfig": ".methods",
+    "Recipe": ".methods",
+    "recipe": ".methods",
+    "parameter_report": ".params",
+    "export_peft": ".peft_format",
+    "load_peft": ".peft_format",
+    "attach": ".tuning",
+    "detach": ".tuning",
+    "merge_and_unload": ".tuning",
+    "methods_of": ".tuning",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'memtune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .arch import ARCHITECTURES, ArchSpec, register_architecture
+    from .io import load, save
+    from .methods import (AdapterConfig, BitFitConfig, FullConfig, LoraConfig, MemoryBlock, MemoryConfig,
+                          MethodConfig, PrefixConfig, Recipe, recipe)
+    from .params import parameter_report
+    from .peft_format import export_peft, load_peft
+    from .tuning import attach, detach, merge_and_unload, methods_of
 
 __all__ = [
     "attach",
@@ -41,6 +78,8 @@ __all__ = [
     "parameter_report",
     "save",
     "load",
+    "export_peft",
+    "load_peft",
     "methods_of",
     "ArchSpec",
     "ARCHITECTURES",

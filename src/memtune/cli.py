@@ -218,6 +218,42 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+HEAD_CLASSES = {"none": "AutoModel", "seq": "AutoModelForSequenceClassification",
+                "token": "AutoModelForTokenClassification", "lm": "AutoModelForCausalLM"}  # fmt: skip
+
+
+def _saved_labels(checkpoint: str) -> int | None:
+    """The number of labels of the classification head a memtune checkpoint holds (rows of its last head weight)."""
+    from safetensors import safe_open
+
+    from .io import read_config
+
+    config = read_config(checkpoint)
+    with safe_open(str(Path(checkpoint) / config["weights"]["file"]), framework="pt") as f:
+        heads = [k for k in f.keys() if k.startswith("head.") and k.endswith(".weight")]
+        return f.get_slice(heads[-1]).get_shape()[0] if heads else None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import transformers
+
+    from . import load
+    from .models import load_model
+    from .peft_format import export_peft
+
+    kwargs = {}
+    if args.head in ("seq", "token"):
+        labels = args.num_labels or _saved_labels(args.checkpoint)
+        if labels is None:
+            raise MemtuneError(f"{args.checkpoint} holds no trained head to read the label count from; pass --num-labels")
+        kwargs["num_labels"] = labels
+    model = load(load_model(args.model, getattr(transformers, HEAD_CLASSES[args.head]), **kwargs), args.checkpoint)
+    folder = export_peft(model, args.out)
+    print(f"wrote {folder} (peft's adapter_config.json + adapter_model.safetensors); load it with "
+          f"peft.PeftModel.from_pretrained(base_model, {str(folder)!r})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memtune", description="Memory-tuning and its baselines for Hugging Face transformers.")
     parser.add_argument("--version", action="version", version=f"memtune {__version__}")
@@ -263,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     c.set_defaults(run=cmd_compare)
+
+    e = sub.add_parser("export", help="write a memtune checkpoint in another library's format (peft: LoRA, shifted prefixes)")
+    e.add_argument("checkpoint", help="folder written by memtune.save")
+    e.add_argument("--model", required=True, help="the base model it was trained on: packaged short name, local path or hub id")
+    e.add_argument("--head", choices=list(HEAD_CLASSES), default="seq", help="the model's head (default: seq)")
+    e.add_argument("--num-labels", type=int, default=None, help="labels of a seq/token head (default: read from the checkpoint)")
+    e.add_argument("--format", choices=["peft"], default="peft", help="output format (default: peft)")
+    e.add_argument("--out", required=True, help="folder to write")
+    e.set_defaults(run=cmd_export)
 
     t = sub.add_parser("table", help="render the tables of a results folder again, without training")
     t.add_argument("--out", default="results/compare", help="folder holding results.jsonl (default: results/compare)")

@@ -100,7 +100,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     folder = Path(path)
     file = folder / CONFIG_FILE
     if not file.is_file():
-        raise CheckpointError(f"{folder} is not a memtune checkpoint: {CONFIG_FILE} is missing")
+        raise CheckpointError(
+            f"{folder} is not a memtune checkpoint: {CONFIG_FILE} is missing (nor a peft adapter folder: no adapter_config.json)"
+        )
     try:
         config = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -156,8 +158,13 @@ def load(model: nn.Module, path: str | os.PathLike, *, arch=None, check_base: bo
 
     The model must be the base model the checkpoint was trained from (checked by its dimensions and a
     fingerprint of its weights unless ``check_base=False``). On any error the model is left untouched.
+    A peft adapter folder (``adapter_config.json``, no ``memtune_config.json``) is read by ``load_peft``.
     """
     folder = Path(path)
+    if not (folder / CONFIG_FILE).exists() and (folder / "adapter_config.json").is_file():
+        from .peft_format import load_peft
+
+        return load_peft(model, folder, arch=arch)
     if not is_transformers_model(model):
         raise MemtuneError(f"memtune.load needs a transformers PreTrainedModel, got {type(model).__name__}")
     if hasattr(model, STATE_ATTR):
