@@ -43,7 +43,7 @@ def main(out_path, batch_size, optimizer):
     task = SimpleNamespace(kind="sentence", metric="accuracy", labels=("0", "1"))
     data = SimpleNamespace(task=task, train=examples(64, 1), valid=examples(16, 2), eval=examples(16, 3))
     settings = TrainSettings(epochs=2, batch_size=batch_size, learning_rate=1e-2, max_length=16, patience=5, optimizer=optimizer)
-    result = train_and_evaluate(model, tokenizer(), data, settings, seed=0, output_dir=os.path.dirname(out_path), progress=False)
+    result = train_and_evaluate(model, tokenizer(), data, settings, seed=0, output_dir=os.path.dirname(out_path))
     if int(os.environ.get("RANK", "0")) == 0:
         trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         torch.save({"tensors": trained, "eval": result.eval, "valid": result.valid}, out_path)

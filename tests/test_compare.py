@@ -55,6 +55,11 @@ def test_compare_writes_records_resumes_and_renders_tables(capsys, tiny_model_di
     assert first["tuned"] > 0 and first["train_seconds"] >= 0 and first["peak_memory_mb"] > 0
     assert "| Method | #Tuned | #Stored | CB | CN4 | Avg. score | Avg. rank |" in (out / "table3.md").read_text()
     assert "4 runs, 0 already" in text
+    # --no-progress: one plain line per run start, epoch and run end, labelled; no raw Trainer log dicts
+    assert "[1/4] cb lora (budget 32) seed 0: started" in err and "[4/4] conll2004 mt-mf (budget 32) seed 0: started" in err
+    assert "[1/4] cb lora (budget 32) seed 0: epoch 1, loss " in err  # --max-steps: no epoch count and ", valid " in err
+    assert "[1/4] cb lora (budget 32) seed 0: accuracy " in err and "; ETA " in err
+    assert "{'loss'" not in text + err and "\r" not in err
 
     # a second seed: the four finished runs are not redone, four new ones are appended
     code, text, _ = compare(capsys, tiny_model_dir, out, "--tasks", "cb,conll2004", "--methods", "lora,mt-mf", "--seeds", "2")

@@ -164,3 +164,16 @@ def test_appends_from_parallel_processes_stay_whole(tmp_path):
         p.join()
     records = read_results(path)
     assert len(records) == 80 and {r["method"] for r in records} == {"ft", "lora"}
+
+
+def test_a_held_out_evaluation_split_is_said_once_per_task(tmp_path):
+    held = dict(eval_source="valid (val.jsonl is absent: held out)", notes=[
+        "cb: val.jsonl, the paper's dev split, is absent (held out); the reported numbers are on the validation set",
+        "cb: a caveat of the task itself",
+    ])  # fmt: skip
+    records = [{**r, **held} if r["task"] == "cb" else r for r in RECORDS]
+    write_reports(records, tmp_path)
+    lines = {line.split(" (")[0]: line for line in (tmp_path / "table3.md").read_text().splitlines() if line.startswith("- ")}
+    assert lines["- CB"].count("held out") == 1 and "val.jsonl, the paper's evaluation split" in lines["- CB"]
+    assert "a caveat of the task itself" in lines["- CB"]
+    assert "held out" not in lines["- RTE"] and "scored on dev; early stopping on 10% of train" in lines["- RTE"]

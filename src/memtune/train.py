@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -253,10 +253,13 @@ def train_and_evaluate(
     *,
     seed: int,
     output_dir: str,
-    progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> RunResult:
     """Train ``model`` (methods already attached) on ``data.train``, early-stopping on ``data.valid``;
-    restore the best trainable tensors and score ``data.eval``."""
+    restore the best trainable tensors and score ``data.eval``.
+
+    The Trainer's own bar and log lines are off; ``callbacks`` (``TrainerCallback``\ s) see the steps, the
+    logged loss and each evaluation (``memtune compare`` shows them with experiments.progress)."""
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
     task = data.task
@@ -281,7 +284,7 @@ def train_and_evaluate(
         report_to=[],
         seed=seed,
         data_seed=seed,
-        disable_tqdm=not progress,
+        disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
@@ -304,12 +307,11 @@ def train_and_evaluate(
         eval_dataset=valid,
         data_collator=collator,
         compute_metrics=compute_metrics,
-        callbacks=[_callback(best, "eval_score")],
+        callbacks=[_callback(best, "eval_score"), *callbacks],
     )
-    if not progress:  # summary lines only: no per-epoch log dicts either
-        from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback
 
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # its raw log dicts; callbacks report what matters
     with PeakMemory() as memory:
         start = time.perf_counter()
         trainer.train()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any, Callable, Iterable
 from ..errors import ConfigError
 from ..methods.recipes import RECIPES
 from ..version import __version__
+from .progress import PlanProgress
 from .results import append_result, check_config, check_splits, read_results, run_key
 from .tables import main_budget
 
@@ -86,28 +85,12 @@ def load_for_task(model_name: str, task: Any) -> tuple[Any, Any]:
 
     tokenizer = load_tokenizer(model_name)
     auto = AutoModelForSequenceClassification if task.kind == "sentence" else AutoModelForTokenClassification
-    with _quiet_transformers():  # the new head's "MISSING" weights report is expected: it is trained here
-        model = load_model(model_name, auto, num_labels=len(task.labels))
+    model = load_model(model_name, auto, num_labels=len(task.labels))  # says "new N-label head" once
     if tokenizer.pad_token is None:  # decoder-only models: pad with the end-of-sequence token
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-@contextmanager
-def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def run_one(
@@ -116,7 +99,7 @@ def run_one(
     profile: str,
     overrides: dict[str, Any],
     data_dir: str | None,
-    progress: bool,
+    callbacks: list[Any] = (),
     shift_prefix_positions: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one run; the record to append."""
@@ -136,7 +119,7 @@ def run_one(
     large = model.config.hidden_size >= 1024
     settings = settings_for(task, method, profile, large=large, **overrides)
     with tempfile.TemporaryDirectory(prefix="memtune-trainer-") as scratch:
-        result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, progress=progress)
+        result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, callbacks=callbacks)
     return {
         "task": spec.task,
         "method": spec.method,
@@ -271,18 +254,24 @@ def compare(
     if not is_main_process():  # under torchrun every process trains; one reports
         log = lambda message: None  # noqa: E731
     log(f"memtune compare: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to do")
-    started = time.perf_counter()
-    for n, spec in enumerate(todo, start=1):
-        record = run_one(spec, model_name, profile, overrides, data_dir, progress, shift_prefix_positions)
-        record["config"] = config
-        if is_main_process():
-            append_result(path, record)
-        records.append(record)
-        elapsed = time.perf_counter() - started
-        eta = elapsed / n * (len(todo) - n)
-        log(
-            f"[{n}/{len(todo)}] {spec}: {record['metric']} {record['score']:.2f} on {record['eval_source']} "
-            f"(valid {record['valid']:.2f}, best epoch {record['best_epoch']}), {record['train_seconds']:.0f} s; "
-            f"ETA {eta / 60:.0f} min"
-        )
+    quiet = None if is_main_process() else open(os.devnull, "w")  # noqa: SIM115 - closed below
+    display = PlanProgress(todo, bars=None if progress else False, stream=quiet)
+    try:
+        for n, spec in enumerate(todo, start=1):
+            label = f"[{n}/{len(todo)}] {spec}"
+            run = display.start(label, spec.method)
+            record = run_one(spec, model_name, profile, overrides, data_dir, [run.callback()], shift_prefix_positions)
+            record["config"] = config
+            if is_main_process():
+                append_result(path, record)
+            records.append(record)
+            display.finish(
+                spec.method,
+                f"{label}: {record['metric']} {record['score']:.2f} on {record['eval_source']} (valid "
+                f"{record['valid']:.2f}, best epoch {record['best_epoch']}), {record['train_seconds']:.0f} s training",
+            )
+    finally:
+        display.close()
+        if quiet is not None:
+            quiet.close()
     return records

@@ -13,15 +13,25 @@ TASK_NAMES = {
 }  # fmt: skip
 
 
+def _scored_on(record: dict[str, Any]) -> str:
+    """Where a column's scores come from, said once (a held-out split is named in ``eval_source``)."""
+    if "held out" not in record["eval_source"]:
+        return f"scored on {record['eval_source']}; early stopping on {record['valid_source']}"
+    missing = record["eval_source"].split("(", 1)[-1].split(" is absent")[0]
+    return (f"scored on the validation set ({record['valid_source']}, also used for early stopping), because "
+            f"{missing}, the paper's evaluation split, is held out here: not comparable to the paper's numbers")
+
+
 def _sources(records: list[dict[str, Any]], column: str = "task") -> str:
     """One line per table column (task, or task and training-set size): the splits scored on, and the caveats."""
     lines = []
     for name in dict.fromkeys(r[column] for r in records):
         first = next(r for r in records if r[column] == name)
-        notes = " ".join(n.rstrip(".") + "." for n in first.get("notes") or [])
+        notes = [n for n in first.get("notes") or [] if "is absent (held out)" not in n]  # said by _scored_on
+        notes = " ".join(n.rstrip(".") + "." for n in notes)
         lines.append(
-            f"- {TASK_NAMES.get(name, name)} ({first['metric']}): scored on {first['eval_source']}; early stopping on "
-            f"{first['valid_source']}; {first['n_train']} training examples." + (f" {notes}" if notes else "")
+            f"- {TASK_NAMES.get(name, name)} ({first['metric']}): {_scored_on(first)}; {first['n_train']} training "
+            "examples." + (f" {notes}" if notes else "")
         )
     return "\n".join(lines)
 
