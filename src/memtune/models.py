@@ -216,7 +216,10 @@ def is_complete(folder: Path) -> bool:
 
 
 def _announce(message: str) -> None:
-    print(f"memtune: {message}", file=sys.stderr, flush=True)
+    """A line on stderr that leaves progress bars intact (tqdm clears and redraws them around it)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"memtune: {message}", file=sys.stderr)
 
 
 def _remove(path: Path) -> None:

@@ -19,8 +19,8 @@ def eta_seconds(
     current_elapsed: float = 0.0,
 ) -> float | None:
     """Seconds left: each remaining run is expected to take as long as the finished runs of its method did
-    on average (all finished runs where its method has none yet); the current run, its elapsed time scaled
-    by how much of it is left. ``finished``: (method, seconds) of the runs done in this process; None before
+    on average (all finished runs where its method has none yet); the current run, a blend of that
+    expectation and its own step rate, weighted by how much of it is done. ``finished``: (method, seconds) of the runs done in this process; None before
     anything can be said."""
     if not finished and not (current and current_fraction > 0):
         return None
@@ -31,10 +31,10 @@ def eta_seconds(
     expected = lambda method: mean(by_method[method]) if method in by_method else overall  # noqa: E731
     left = sum(expected(m) for m in remaining)
     if current is not None:
-        if current_fraction > 0:
-            left += current_elapsed * (1 - current_fraction) / current_fraction
-        else:
-            left += max(expected(current) - current_elapsed, 0.0)
+        prior = max(expected(current) - current_elapsed, 0.0)
+        f = current_fraction
+        # the run's own step rate, trusted as much as the share of it done (its first steps carry its set-up)
+        left += f * (current_elapsed * (1 - f) / f) + (1 - f) * prior if f > 0 else prior
     return left
 
 
