@@ -23,7 +23,7 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
 
 TORCH = "torch==2.13.0"  # the CPU wheel on this kind of machine's disk; an unpinned torch pulls a CUDA build
-LOWEST = ["transformers==5.0.0", "peft==0.18.0", "accelerate==1.2.0"]  # = the lower bounds in pyproject.toml
+LOWEST = ["transformers==5.0.0", "peft==0.18.0", "accelerate==1.3.0"]  # = the lower bounds in pyproject.toml
 
 DEPENDENCY_SETS = {
     "locked": ["-c", "requirements/locked.txt"],
