@@ -1,6 +1,6 @@
 """The test suite in throwaway virtual environments, across the dependency versions memtune supports.
 
-    nox                      # every session below, one after another (about N min on 2 cores)
+    nox                      # every session below, one after another (about 19 min on 2 cores: README, "Compatibility")
     nox -s "tests(locked)"   # one of them; arguments after -- go to pytest: nox -s "tests(newest)" -- -x
 
 Each session makes a fresh venv, installs torch (the CPU wheel, see scripts/setup.sh), memtune with its

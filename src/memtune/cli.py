@@ -31,16 +31,19 @@ def model_config(name: str):
         raise MemtuneError(f"{e} (Table II names: {', '.join(PAPER_CONFIGS)})") from None
 
 
+HEAD_CLASSES = {"none": "AutoModel", "seq": "AutoModelForSequenceClassification",
+                "token": "AutoModelForTokenClassification", "lm": "AutoModelForCausalLM"}  # fmt: skip
+
+
 def meta_model(config, head: str, num_labels: int):
     """The model built on the meta device: every parameter counted, no memory, no weights read."""
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    import transformers
 
-    classes = {"none": AutoModel, "seq": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification, "lm": AutoModelForCausalLM}
     if head in ("seq", "token"):
         config.num_labels = num_labels
     with torch.device("meta"):
-        return classes[head].from_config(config)
+        return getattr(transformers, HEAD_CLASSES[head]).from_config(config)
 
 
 TABLE_II_METHODS = "ft,bitfit,adapter,lora,prefix,mam,mt-f,mt-mf"
@@ -216,10 +219,6 @@ def _render_tables(out: str) -> None:
 def cmd_table(args: argparse.Namespace) -> int:
     _render_tables(args.out)
     return 0
-
-
-HEAD_CLASSES = {"none": "AutoModel", "seq": "AutoModelForSequenceClassification",
-                "token": "AutoModelForTokenClassification", "lm": "AutoModelForCausalLM"}  # fmt: skip
 
 
 def _saved_labels(checkpoint: str) -> int | None:

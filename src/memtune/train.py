@@ -258,7 +258,7 @@ def train_and_evaluate(
     """Train ``model`` (methods already attached) on ``data.train``, early-stopping on ``data.valid``;
     restore the best trainable tensors and score ``data.eval``.
 
-    The Trainer's own bar and log lines are off; ``callbacks`` (``TrainerCallback``\ s) see the steps, the
+    The Trainer's own bar and log lines are off; ``callbacks`` (Trainer callbacks) see the steps, the
     logged loss and each evaluation (``memtune compare`` shows them with experiments.progress)."""
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 

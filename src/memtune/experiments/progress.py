@@ -20,8 +20,8 @@ def eta_seconds(
 ) -> float | None:
     """Seconds left: each remaining run is expected to take as long as the finished runs of its method did
     on average (all finished runs where its method has none yet); the current run, a blend of that
-    expectation and its own step rate, weighted by how much of it is done. ``finished``: (method, seconds) of the runs done in this process; None before
-    anything can be said."""
+    expectation and its own step rate, weighted by how much of it is done. ``finished``: (method, seconds)
+    of the runs done in this process. None before anything can be said."""
     if not finished and not (current and current_fraction > 0):
         return None
     overall = mean(s for _, s in finished) if finished else current_elapsed / current_fraction
@@ -50,7 +50,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 class PlanProgress:
-    """The progress display of one comparison; ``run(label, method)`` gives the Trainer callback of one run."""
+    """The progress display of one comparison; ``start(label, method)`` begins a run and returns its
+    :class:`RunProgress`, whose ``callback()`` goes to the Trainer."""
 
     def __init__(self, todo: Sequence[Any], bars: bool | None = None, stream: TextIO | None = None,
                  clock: Callable[[], float] = time.perf_counter):
@@ -103,7 +104,7 @@ class PlanProgress:
         self.write(line)
         if self._plan_bar is not None:
             self._plan_bar.update(1)
-            self._plan_bar.set_postfix_str(f"ETA {format_duration(eta)}" if eta else "", refresh=True)
+            self._plan_bar.set_postfix_str(f"ETA {format_duration(eta)}" if eta is not None else "", refresh=True)
 
     def close(self) -> None:
         for bar in (self._run_bar, self._plan_bar):
