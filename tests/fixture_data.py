@@ -11,6 +11,8 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
+import pytest
+
 FILES: dict[str, str] = {
     'cb/train.jsonl': (
         '{"premise": "I think it will rain. The clouds are dark.", "hypothesis": "it will rain", "label": "entailment", "idx": 0}\n'
@@ -71,6 +73,28 @@ FILES: dict[str, str] = {
         "0\tThe\tO\t['N']\t[0]\n"
         "1\tGold\tB-Other\t['N']\t[1]\n"
         "2\tCup\tI-Other\t['N']\t[2]\n"
+    ),
+    # E2E NLG: `mr,ref` CSV with CRLF line ends like the real files; shared MRs, £ and é, a quoted comma,
+    # and a reference that spans two lines.
+    'e2e_nlg/devset.csv': (
+        'mr,ref\r\n'
+        '"name[Aromi], eatType[coffee shop]",Aromi is a coffee shop.\r\n'
+        '"name[Aromi], eatType[coffee shop]",There is a coffee shop called Aromi.\r\n'
+        '"name[Loch Fyne], food[French], priceRange[£20-25]",Loch Fyne serves French food for £20-25.\r\n'
+    ),
+    'e2e_nlg/testset_w_refs.csv': (
+        '"mr","ref"\n'
+        '"name[The Punter], area[city centre]","The Punter is in the city centre."\n'
+        '"name[The Punter], area[city centre]","In the city centre, there is The Punter."\n'
+    ),
+    'e2e_nlg/trainset.csv': (
+        'mr,ref\r\n'
+        '"name[The Mill], eatType[pub], priceRange[more than £30]",The Mill is a pub where meals cost more than £30.\r\n'
+        '"name[Blue Spice], area[riverside]","Blue Spice, by the river, serves food."\r\n'
+        '"name[The Mill], eatType[pub], priceRange[more than £30]","Expensive, at over £30: The Mill pub."\r\n'
+        '"name[Café Rouge], near[Café Sicilia]","Café Rouge is near Café Sicilia.\r\n  It is small."\r\n'
+        '"name[Blue Spice], area[riverside]",Blue Spice is on the riverside.\r\n'
+        '"name[Zizzi], food[Italian]",Zizzi serves Italian food.\r\n'
     ),
     'mrpc/dev.tsv': (
         '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n'
@@ -172,6 +196,61 @@ FILES: dict[str, str] = {
         'beautifully acted \t1\n'
         'tedious and flat \t0\n'
     ),
+    # WebNLG 2017 XML: train and dev are folders of XML files (any names); the test file is held out.
+    'webnlg2017/dev/1triples/dev_fixture.xml': (
+        '<benchmark>\n'
+        '  <entries>\n'
+        '    <entry category="City" eid="Id1" size="1">\n'
+        '      <originaltripleset>\n'
+        '        <otriple>Oslo | country | Norway</otriple>\n'
+        '      </originaltripleset>\n'
+        '      <modifiedtripleset>\n'
+        '        <mtriple>Oslo | country | Norway</mtriple>\n'
+        '      </modifiedtripleset>\n'
+        '      <lex comment="good" lid="Id1">Oslo is in Norway.</lex>\n'
+        '    </entry>\n'
+        '  </entries>\n'
+        '</benchmark>\n'
+    ),
+    'webnlg2017/train/1triples/train_fixture_1.xml': (
+        '<benchmark>\n'
+        '  <entries>\n'
+        '    <entry category="Airport" eid="Id1" size="1">\n'
+        '      <originaltripleset>\n'
+        '        <otriple>Acme_Field | city | Springfield</otriple>\n'
+        '      </originaltripleset>\n'
+        '      <modifiedtripleset>\n'
+        '        <mtriple>Acme_Field | cityServed | "Springfield, Ohio"</mtriple>\n'
+        '      </modifiedtripleset>\n'
+        '      <lex comment="good" lid="Id1">Acme Field serves Springfield, Ohio.</lex>\n'
+        '      <lex comment="toFix" lid="Id2">Springfield &amp; its airport, Acme Field.</lex>\n'
+        '    </entry>\n'
+        '    <entry category="Food" eid="Id2" size="1">\n'
+        '      <modifiedtripleset>\n'
+        '        <mtriple>Bean_Stew | country | Narnia</mtriple>\n'
+        '      </modifiedtripleset>\n'
+        '      <lex comment="good" lid="Id1">Bean stew comes from Narnia.</lex>\n'
+        '    </entry>\n'
+        '  </entries>\n'
+        '</benchmark>\n'
+    ),
+    'webnlg2017/train/2triples/train_fixture_2.xml': (
+        '<benchmark>\n'
+        '  <entries>\n'
+        '    <entry category="Astronaut" eid="Id1" size="2">\n'
+        '      <originaltripleset>\n'
+        '        <otriple>Ann_Lee | birthPlace | Lima</otriple>\n'
+        '        <otriple>Ann_Lee | job | Pilot</otriple>\n'
+        '      </originaltripleset>\n'
+        '      <modifiedtripleset>\n'
+        '        <mtriple>Ann_Lee | birthPlace | Lima</mtriple>\n'
+        '        <mtriple>Ann_Lee | occupation | Test_pilot</mtriple>\n'
+        '      </modifiedtripleset>\n'
+        '      <lex comment="good" lid="Id1">Ann Lee, born in Lima, is a test pilot.</lex>\n'
+        '    </entry>\n'
+        '  </entries>\n'
+        '</benchmark>\n'
+    ),
 }
 
 
@@ -185,3 +264,28 @@ def fixture_root() -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return root
+
+
+# --- the real data (../shared/data), for integration tests -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared():
+    """The shared data root; the test is skipped when the real benchmark files are not beside the clone."""
+    from memtune.tasks import shared_data_dir
+
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("no shared/data folder above the package (the real benchmark files are not here)")
+    return root
+
+
+def real(root: Path, task_name: str, split: str):
+    """The examples of one split of a task's real data (a file or a folder), or a skip when it is absent (held out)."""
+    from memtune.tasks import READERS, get_task
+
+    task = get_task(task_name)
+    path = root / task.folder / task.files[split]
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return READERS[task.reader_for(split)](path, task)

@@ -3,7 +3,13 @@
 Data roots, in order: ``data_dir`` (``--data-dir``), ``$MEMTUNE_DATA``, then the project's shared
 ``shared/data`` folder; the first that holds the task's train file is used. Without one, the Hugging
 Face hub is tried when ``datasets`` is installed. A missing (held-out) eval split falls back to the
-validation set, and the fallback is stated in ``eval_source`` and ``notes``.
+validation set, and the fallback is stated in ``eval_source`` and ``notes``. A split's path may be a
+file or a folder (WebNLG's train/ and dev/ are folders of XML files).
+
+Generation tasks read into ``GenerationExample``s, one per distinct input with all its references, so
+carving a validation set and ``train_size`` sampling pick inputs (never splitting one input's
+references); ``pairs`` flattens them into (source, reference) training pairs, and ``category_splits``
+gives WebNLG's seen / unseen / all subsets.
 """
 from __future__ import annotations
 
@@ -12,14 +18,15 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 from ..errors import ConfigError
-from .readers import READERS, Example
+from .readers import READERS, Example, GenerationExample
 from .registry import HUB_SPLITS, Task, get_task
 
 ENV_VAR = "MEMTUNE_DATA"
-Source = Callable[[str], "list[Example] | None"]  # split -> examples, None when the split is absent
+AnyExample = Union[Example, GenerationExample]
+Source = Callable[[str], "list[AnyExample] | None"]  # split -> examples, None when the split is absent
 
 
 @dataclass
@@ -27,9 +34,9 @@ class TaskData:
     """A task's examples, split for training, early stopping and the reported evaluation."""
 
     task: Task
-    train: list[Example]
-    valid: list[Example]
-    eval: list[Example]
+    train: list[AnyExample]  # Example for sentence / token tasks, GenerationExample for generation tasks
+    valid: list[AnyExample]
+    eval: list[AnyExample]
     eval_source: str  # "dev" / "test", or "valid (<file> is absent: held out)"
     valid_source: str  # "dev", or "10% of train (seed 0)"
     root: str  # data root used ("hub:glue/rte" when loaded from the hub)
@@ -58,9 +65,9 @@ def _candidates(data_dir: str | os.PathLike | None) -> list[tuple[str, Path | No
 
 
 def data_root(task: Task, data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The first data root holding ``<task.folder>/<train file>``, or None."""
+    """The first data root holding ``<task.folder>/<train file or folder>``, or None."""
     for _, root, _ in _candidates(data_dir):
-        if root is not None and (root / task.folder / task.files["train"]).is_file():
+        if root is not None and (root / task.folder / task.files["train"]).exists():
             return root
     return None
 
@@ -95,9 +102,9 @@ def _not_found(task: Task, data_dir: str | os.PathLike | None, hub_problem: str)
 
 
 def _local_source(task: Task, root: Path) -> Source:
-    def read(split: str) -> list[Example] | None:
+    def read(split: str) -> list[AnyExample] | None:
         path = root / task.folder / task.files[split]
-        return READERS[task.reader_for(split)](path, task) if path.is_file() else None
+        return READERS[task.reader_for(split)](path, task) if path.exists() else None
 
     return read
 
@@ -121,7 +128,7 @@ def _hub_source(task: Task, data_dir: str | os.PathLike | None) -> Source:
     except Exception as e:  # offline, renamed dataset, ...: say both what was looked for and why the hub failed
         raise _not_found(task, data_dir, f"loading {task.hub} from the hub failed ({type(e).__name__}: {e})") from e
 
-    def read(split: str) -> list[Example] | None:
+    def read(split: str) -> list[AnyExample] | None:
         name = HUB_SPLITS.get(split)
         if name not in dataset:
             return None
@@ -154,16 +161,17 @@ def _hub_examples(task: Task, rows, where: str) -> list[Example]:
 # --- splitting ---------------------------------------------------------------------------------------
 
 
-def carve(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def carve(examples: list[AnyExample], fraction: float, seed: int) -> tuple[list[AnyExample], list[AnyExample]]:
     """(rest, carved): a seeded ``fraction`` of the examples (at least one), stratified by label for
-    sentence tasks; both keep the file order."""
+    sentence tasks (token and generation examples form one stratum); both keep the file order."""
     if not 0 < fraction < 1:
         raise ConfigError(f"valid_fraction must be between 0 and 1, got {fraction}")
     if len(examples) < 2:
         raise ConfigError(f"cannot carve a validation set out of {len(examples)} training example(s)")
     groups: dict[object, list[int]] = defaultdict(list)
     for i, example in enumerate(examples):
-        groups[example.label if isinstance(example.label, int) else None].append(i)
+        label = getattr(example, "label", None)  # GenerationExample has none
+        groups[label if isinstance(label, int) else None].append(i)
     rng, ranked = random.Random(seed), []
     for key in sorted(groups, key=str):  # spread each label's shuffled examples evenly over [0, 1)
         indices = groups[key]
@@ -174,14 +182,40 @@ def carve(examples: list[Example], fraction: float, seed: int) -> tuple[list[Exa
     return [e for i, e in enumerate(examples) if i not in picked], [examples[i] for i in sorted(picked)]
 
 
-def sample(examples: list[Example], size: int, seed: int) -> list[Example]:
+def sample(examples: list, size: int, seed: int, unit: str = "training examples") -> list:
     """``size`` examples drawn without replacement with ``seed``, in their original order."""
     if not 0 < size <= len(examples):
-        raise ConfigError(f"train_size must be between 1 and the {len(examples)} training examples, got {size}")
+        raise ConfigError(f"train_size must be between 1 and the {len(examples)} {unit}, got {size}")
     return [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), size))]
 
 
-def _split_valid(task: Task, read: Source, train: list[Example], fraction: float, seed: int):
+def pairs(examples: list[GenerationExample]) -> list[tuple[str, str]]:
+    """(source, reference) training pairs: one per reference, in example then reference order."""
+    return [(example.source, reference) for example in examples for reference in example.references]
+
+
+def category_splits(
+    examples: list[GenerationExample], seen: tuple[str, ...] | list[str]
+) -> dict[str, list[GenerationExample]]:
+    """``{"seen": ..., "unseen": ..., "all": ...}``: the examples whose category is / is not in ``seen``
+    (e.g. ``task.seen_categories``), and all of them; each keeps the input order."""
+    missing = sum(example.category is None for example in examples)
+    if missing:
+        raise ConfigError(f"category_splits needs a category on every example; {missing} of {len(examples)} have none")
+    seen = set(seen)
+    return {
+        "seen": [e for e in examples if e.category in seen],
+        "unseen": [e for e in examples if e.category not in seen],
+        "all": list(examples),
+    }
+
+
+def _unit(task: Task) -> str:
+    """What one training example is, for messages."""
+    return "inputs, each with all its references" if task.kind == "generation" else "examples"
+
+
+def _split_valid(task: Task, read: Source, train: list[AnyExample], fraction: float, seed: int):
     """(train, valid, valid_source, notes)."""
     valid = read(task.valid_split) if task.valid_split else None
     if valid is not None:
@@ -192,7 +226,7 @@ def _split_valid(task: Task, read: Source, train: list[Example], fraction: float
     return train, valid, source, notes
 
 
-def _split_eval(task: Task, read: Source, valid: list[Example], valid_source: str):
+def _split_eval(task: Task, read: Source, valid: list[AnyExample], valid_source: str):
     """(eval, eval_source, notes): the paper's split, else the validation set."""
     evaluation = read(task.eval_split)
     if evaluation is not None:
@@ -226,6 +260,6 @@ def load_task(
     evaluation, eval_source, eval_notes = _split_eval(task, read, valid, valid_source)
     notes = ([task.notes] if task.notes else []) + notes + valid_notes + eval_notes
     if train_size is not None:
-        notes.append(f"{task.name}: training on {train_size} of {len(train)} examples (sample seed {sample_seed})")
-        train = sample(train, train_size, sample_seed)
+        notes.append(f"{task.name}: training on {train_size} of {len(train)} {_unit(task)} (sample seed {sample_seed})")
+        train = sample(train, train_size, sample_seed, f"training {_unit(task)}")
     return TaskData(task, train, valid, evaluation, eval_source, valid_source, root_name, notes)

@@ -1,11 +1,18 @@
-"""Readers: one function per file format, each ``(path, task) -> list[Example]``.
+"""Readers: one function per file format, each ``(path, task) -> list[Example]`` (classification tasks)
+or ``(path, task) -> list[GenerationExample]`` (generation tasks).
 
 Which columns or keys hold the text and the label, and how labels are spelled, come from the task.
-Bad data raises ConfigError naming the file, the 1-based line (or JSON entry) and what was expected.
+Bad data raises ConfigError naming the file, the 1-based line (or JSON entry, or XML entry) and what
+was expected.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
+import xml.etree.ElementTree as ET
+from xml.parsers.expat import ErrorString
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
@@ -25,26 +32,46 @@ class Example:
     label: int | list[int]
 
 
+@dataclass
+class GenerationExample:
+    """One input of a data-to-text task with every human reference written for it.
+
+    ``source`` is the linearised table (E2E: the MR string; WebNLG: see ``linearise_triples``), and
+    ``references`` holds all its references in file order, for multi-reference evaluation. Training
+    uses one (source, reference) pair per reference: ``memtune.tasks.pairs(examples)``.
+    ``category`` is the WebNLG DBpedia category (None for E2E), for seen / unseen reporting.
+    """
+
+    source: str
+    references: list[str]
+    category: str | None = None
+
+
 def _fail(where: str, problem: str) -> NoReturn:
     raise ConfigError(f"{where}: {problem}")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its ending) of a UTF-8 file; a BOM is dropped."""
+def _text(path: Path) -> str:
+    """A UTF-8 file's text, a BOM dropped; bad bytes are named by line."""
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise ConfigError(f"{path}, line {line}: expected UTF-8 text ({e.reason})") from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its ending) of a UTF-8 file; a BOM is dropped."""
+    text = _text(path)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return enumerate(text.split("\n"), 1)
 
 
-def _nonempty(examples: list[Example], path: Path, expected: str) -> list[Example]:
+def _nonempty(examples: list, path: Path, expected: str) -> list:
     if not examples:
-        empty = "is empty" if path.stat().st_size == 0 else "holds no examples"
+        empty = "is empty" if path.is_file() and path.stat().st_size == 0 else "holds no examples"
         raise ConfigError(f"{path} {empty}: expected {expected}")
     return examples
 
@@ -186,7 +213,108 @@ def read_bio_chars(path: Path, task: Task) -> list[Example]:
     return _token_sentences(path, task, "\t", None, "lines of `character<TAB>tag`, blank lines between sentences")
 
 
-READERS: dict[str, Callable[[Path, "Task"], list[Example]]] = {
+# --- data-to-text formats (generation tasks) ---------------------------------------------------------
+
+E2E_HEADER = ["mr", "ref"]
+_LINE_BREAK = re.compile(r"\s*[\r\n]+\s*")
+
+
+def read_e2e_csv(path: Path, task: Task) -> list[GenerationExample]:
+    """E2E NLG CSV: a ``mr,ref`` header, then one (MR, reference) row per reference, standard CSV quoting.
+
+    Rows are grouped by MR (stripped, otherwise verbatim) in first-seen order: one example per distinct
+    MR holding all its references in file order. A record may span lines (two train references hold a
+    line break, which becomes one space); errors name the line the record starts on.
+    """
+    expected = "a `mr,ref` header, then rows of a quoted MR and a reference"
+    groups: dict[str, GenerationExample] = {}
+    rows = csv.reader(io.StringIO(_text(path), newline=""), strict=True)
+    start, header = 1, None  # start: the line the next record starts on
+    try:
+        for row in rows:
+            where, start = f"{path}, line {start}", rows.line_num + 1
+            if not row:  # a blank line
+                continue
+            if header is None:
+                header = [cell.strip().lower() for cell in row]
+                if header != E2E_HEADER:
+                    _fail(where, f"expected the header `mr,ref`, found {','.join(row)!r}")
+                continue
+            if len(row) != 2:
+                _fail(where, f"expected 2 comma-separated fields (mr, ref), found {len(row)}")
+            mr, ref = _one_line(row[0]), _one_line(row[1])
+            if not mr or not ref:
+                _fail(where, f"empty {'mr' if not mr else 'ref'} field")
+            groups.setdefault(mr, GenerationExample(mr, [])).references.append(ref)
+    except csv.Error as e:
+        _fail(f"{path}, line {start}", f"malformed CSV ({e}); expected standard double-quote quoting")
+    return _nonempty(list(groups.values()), path, expected)
+
+
+def _one_line(text: str) -> str:
+    """``text`` stripped, with each line break (and the spaces around it) made one space; nothing else changes."""
+    text = text.strip()
+    return _LINE_BREAK.sub(" ", text) if "\n" in text or "\r" in text else text
+
+
+def linearise_triples(triples: list[tuple[str, str, str]]) -> str:
+    """WebNLG triples as Li & Liang's prefix-tuning WebNLG loader writes them: each triple
+    ``subject : predicate : object``, triples joined by `` | ``, in file order; DBpedia names are kept
+    verbatim (underscores and quotes as in the data)."""
+    return " | ".join(f"{s} : {p} : {o}" for s, p, o in triples)
+
+
+def _xml_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.rglob("*.xml"))
+        if not files:
+            raise ConfigError(f"{path} holds no XML files: expected WebNLG XML files (e.g. 1triples/*.xml)")
+        return files
+    return [path]
+
+
+def read_webnlg_xml(path: Path, task: Task) -> list[GenerationExample]:
+    """WebNLG 2017 challenge XML: a file, or a folder whose ``*.xml`` files (any depth) are read in path order.
+
+    One example per ``<entry>``: its ``<modifiedtripleset>/<mtriple>`` triples (``subject | predicate |
+    object``) linearised by ``linearise_triples``, every ``<lex>`` as a reference, and the entry's
+    ``category``. Every split read here must have references: an entry without ``<lex>`` is an error.
+    """
+    examples = []
+    for file in _xml_files(path):
+        try:
+            root = ET.parse(file).getroot()
+        except ET.ParseError as e:
+            line, column = e.position
+            where = f"{file}, line {line}, column {column + 1}"
+            raise ConfigError(f"{where}: malformed XML ({ErrorString(e.code)})") from None
+        entries = list(root.iter("entry"))
+        if not entries:
+            _fail(str(file), "expected WebNLG XML (<benchmark><entries><entry ...>), found no <entry>")
+        for entry in entries:
+            where = f"{file}, entry eid={entry.get('eid')!r}"
+            category = entry.get("category")
+            if not category:
+                _fail(where, "the entry has no category attribute")
+            texts = [(m.text or "").strip() for m in entry.findall("modifiedtripleset/mtriple")]
+            if not texts:
+                _fail(where, "the entry has no triples (<modifiedtripleset>/<mtriple>)")
+            triples = []
+            for text in texts:
+                parts = tuple(p.strip() for p in text.split(" | "))
+                if len(parts) != 3 or not all(parts):
+                    _fail(where, f"expected a triple `subject | predicate | object`, found {text!r}")
+                triples.append(parts)
+            references = [(lex.text or "").strip() for lex in entry.findall("lex")]
+            if not references:
+                _fail(where, "the entry has no references (<lex>)")
+            if not all(references):
+                _fail(where, f"reference {references.index('') + 1} (<lex>) is empty")
+            examples.append(GenerationExample(linearise_triples(triples), references, category))
+    return _nonempty(examples, path, "WebNLG XML entries")
+
+
+READERS: dict[str, Callable[[Path, "Task"], list]] = {
     "tsv": read_tsv,
     "tsv_header": read_tsv_header,
     "jsonl": read_jsonl,
@@ -194,4 +322,6 @@ READERS: dict[str, Callable[[Path, "Task"], list[Example]]] = {
     "conll": read_conll,
     "conll04": read_conll04,
     "bio_chars": read_bio_chars,
+    "e2e_csv": read_e2e_csv,
+    "webnlg_xml": read_webnlg_xml,
 }

@@ -1,8 +1,14 @@
-"""The eight NLU tasks of the Memory-Tuning paper (Table I), one declarative entry each.
+"""The Memory-Tuning paper's tasks, one declarative entry each: the eight NLU tasks of Table I and the
+two data-to-text generation tasks (E2E, WebNLG) for causal LMs.
 
 Everything task-specific lives here: where the files are, which reader parses them, which columns or
 fields hold the text and the label, how labels are spelled, the splits used for early stopping and
-for reporting, and the paper's hyperparameters. A new GLUE-style or CoNLL-style task is one entry.
+for reporting, and the paper's hyperparameters. A new GLUE-style, CoNLL-style or table-to-text task
+is one entry.
+
+Kinds: "sentence" and "token" tasks are classification (``labels``, one ``metric`` name) and read
+into ``Example``s; "generation" tasks have no labels, a tuple of metric names and ``max_new_tokens``,
+and read into ``GenerationExample``s (one per distinct input, with all its references).
 """
 from __future__ import annotations
 
@@ -11,28 +17,33 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from .readers import READERS
 
-KINDS = ("sentence", "token")
-METRICS = ("accuracy", "f1", "entity_f1")
+KINDS = ("sentence", "token", "generation")
+METRICS = ("accuracy", "f1", "entity_f1")  # classification tasks: one of these
+GENERATION_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider", "ter")  # generation tasks: a tuple of these
 HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}  # our split name -> datasets' name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Task:
     """One task: its data layout, labels, metric, evaluation protocol and Table I settings."""
 
     name: str
-    kind: str  # "sentence" or "token"
+    kind: str  # "sentence", "token" or "generation"
     folder: str  # folder under a data root
-    files: dict[str, str]  # split -> path relative to the folder (present or held out)
+    files: dict[str, str]  # split -> path relative to the folder (a file, or a folder of files for webnlg_xml;
+    # present or held out)
     reader: str  # key into READERS (for every split not in split_readers)
-    labels: tuple[str, ...]  # label names in id order (NER: the BIO tag set, "O" first)
-    metric: str  # "accuracy", "f1" (positive class = id 1) or "entity_f1"
+    labels: tuple[str, ...] = ()  # label names in id order (NER: the BIO tag set, "O" first); generation: none
+    metric: str | tuple[str, ...]  # "accuracy", "f1" (positive class = id 1) or "entity_f1"; generation: a tuple
+    # of GENERATION_METRICS names in reporting order (computed by memtune.metrics)
     valid_split: str | None  # split for early stopping; None = carve from train
     eval_split: str  # split the paper reports
     epochs: int
-    max_length: int
-    batch_size: int  # BERT-base
-    batch_size_large: int  # BERT-large
+    max_length: int  # tokens per input (generation: prompt + reference)
+    batch_size: int  # BERT-base (generation: GPT-2 Medium)
+    batch_size_large: int  # BERT-large (generation: GPT-2 Large)
+    max_new_tokens: int | None = None  # generation only: the cap on generated tokens when decoding
+    seen_categories: tuple[str, ...] = ()  # generation only: categories seen in training (WebNLG's S/U/A report)
     hub: tuple[str, ...] | None = None  # args for datasets.load_dataset
     notes: str = ""  # data caveats to print with results
     title: str = ""  # display name, e.g. "CoNLL-2003"
@@ -48,7 +59,6 @@ class Task:
     def __post_init__(self) -> None:
         problems = [
             f"kind {self.kind!r} is not one of {KINDS}" if self.kind not in KINDS else "",
-            f"metric {self.metric!r} is not one of {METRICS}" if self.metric not in METRICS else "",
             *(f"reader {r!r} is not one of {tuple(READERS)}" for r in {self.reader, *self.split_readers.values()}
               if r not in READERS),
             *(f"split_readers names split {s!r}, which is not in files" for s in self.split_readers if s not in self.files),
@@ -59,13 +69,39 @@ class Task:
             "valid_split must not be 'test' (a test split is never used for early stopping)"
             if self.valid_split == "test" else "",
             "valid_split and eval_split must differ" if self.valid_split == self.eval_split else "",
-            f"label_strings has {len(self.label_strings)} entries for {len(self.labels)} labels"
-            if self.label_strings is not None and len(self.label_strings) != len(self.labels) else "",
-            "a token task's labels must start with 'O'" if self.kind == "token" and self.labels[:1] != ("O",) else "",
+            *(self._generation_problems() if self.kind == "generation" else self._classification_problems()),
         ]
         problems = [p for p in problems if p]
         if problems:
             raise ConfigError(f"task {self.name!r}: " + "; ".join(problems))
+
+    def _classification_problems(self) -> list[str]:
+        return [
+            f"a {self.kind} task needs labels" if not self.labels else "",
+            f"metric {self.metric!r} is not one of {METRICS}" if self.metric not in METRICS else "",
+            f"label_strings has {len(self.label_strings)} entries for {len(self.labels)} labels"
+            if self.label_strings is not None and len(self.label_strings) != len(self.labels) else "",
+            "a token task's labels must start with 'O'" if self.kind == "token" and self.labels[:1] != ("O",) else "",
+            f"max_new_tokens is for generation tasks only, not a {self.kind} task (got {self.max_new_tokens})"
+            if self.max_new_tokens is not None else "",
+            f"seen_categories is for generation tasks only, not a {self.kind} task" if self.seen_categories else "",
+        ]
+
+    def _generation_problems(self) -> list[str]:
+        metrics = self.metric if isinstance(self.metric, tuple) else ()
+        tokens = self.max_new_tokens
+        return [
+            f"a generation task has no labels, got {self.labels}" if self.labels else "",
+            "a generation task has no label_strings" if self.label_strings is not None else "",
+            f"a generation task's metric must be a non-empty tuple of names from {GENERATION_METRICS}, "
+            f"got {self.metric!r}" if not metrics else "",
+            *(f"metric {m!r} is not one of {GENERATION_METRICS}" for m in metrics if m not in GENERATION_METRICS),
+            f"metric names {metrics} repeat" if len(set(metrics)) != len(metrics) else "",
+            f"a generation task needs max_new_tokens, a positive integer, got {tokens!r}"
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1 else "",
+            f"seen_categories repeat: {self.seen_categories}"
+            if len(set(self.seen_categories)) != len(self.seen_categories) else "",
+        ]
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -87,6 +123,16 @@ _GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 _SENTENCE = dict(kind="sentence", valid_split=None, eval_split="dev", epochs=50, max_length=100)
 _TOKEN = dict(kind="token", metric="entity_f1", eval_split="test", epochs=30)
 _NLI = ("entailment", "not_entailment")
+# Data-to-text on GPT-2 Medium / Large: 5 epochs and batch 10 as in Li & Liang's prefix-tuning scripts
+# (gpt2/train_e2e.py defaults), batch 5 for GPT-2 Large, at most 30 new tokens when decoding (the paper's).
+# max_length = 256 tokens for prompt + reference is our cap, not a number from their scripts (those leave
+# --block_size unset, i.e. the model's 1,024).
+# Measured with SmolLM2-135M's BPE tokenizer (GPT-2's is not installed here) and decoding.PROMPT: the
+# longest E2E train pair is 128 tokens; on WebNLG train 18 of the 18,102 pairs exceed 256 (longest 273).
+_GENERATION = dict(kind="generation", valid_split="dev", eval_split="test", epochs=5, max_length=256,
+                   batch_size=10, batch_size_large=5, max_new_tokens=30)
+WEBNLG_SEEN = ("Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument", "SportsTeam",
+               "University", "WrittenWork")  # the 10 train/dev categories; the test set adds 5 unseen ones
 
 _ALL = (
     Task(
@@ -158,6 +204,22 @@ _ALL = (
         hub=("msra_ner",), hub_fields=("tokens", None, "ner_tags"), **_TOKEN,
         notes="MSRA: Chinese, one token per character; the 45,000 / 3,442-sentence BIO version "
               "(no dev split: validation is carved from train).",
+    ),
+    Task(
+        name="e2e", title="E2E", folder="e2e_nlg", reader="e2e_csv",
+        files={"train": "trainset.csv", "dev": "devset.csv", "test": "testset_w_refs.csv"},
+        metric=("bleu", "nist", "meteor", "rouge_l", "cider"), **_GENERATION,
+        notes="E2E: the original (uncleaned) E2E NLG data; one example per distinct MR with all its "
+              "references (train 4,862 / dev 547 / test 630 MRs); the source is the MR string verbatim.",
+    ),
+    Task(
+        name="webnlg", title="WebNLG", folder="webnlg2017", reader="webnlg_xml",
+        files={"train": "train", "dev": "dev", "test": "test/testdata_with_lex.xml"},  # folders of XML, and a file
+        metric=("bleu", "meteor", "ter"), seen_categories=WEBNLG_SEEN, **_GENERATION,
+        notes="WebNLG: the 2017 challenge XML; one example per entry with all its <lex> references (the "
+              "'toFix' ones too); the source is the modified triples, each `subject : predicate : object` "
+              "with DBpedia names verbatim (underscores kept), joined by ' | ' (Li & Liang's prefix-tuning "
+              "format); seen / unseen / all = categories in / not in the 10 training categories.",
     ),
 )
 
