@@ -149,3 +149,42 @@ def test_a_held_out_split_that_turns_up_is_not_mixed_with_runs_scored_without_it
     assert code == 2 and "holds cb runs scored on" in err and "another --out folder" in err
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
 
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory):
+    """A random 2-layer GPT-2 and a word-level tokenizer with an end-of-sequence token, saved like a hub model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    words = {w for f in FIXTURES.rglob("*") if f.is_file() for w in f.read_text(errors="ignore").split()}
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "[UNK]", *sorted(words)[:300]])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="[UNK]")
+    tokenizer.save_pretrained(folder)
+    config = GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=32, n_layer=2, n_head=4, n_inner=48,
+                        bos_token_id=1, eos_token_id=1, pad_token_id=0)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_generation_runs_train_on_targets_decode_score_every_metric_and_render_table7(capsys, tiny_lm_dir, tmp_path):
+    out = tmp_path / "gen"
+    code, text, err = compare(capsys, tiny_lm_dir, out, "--tasks", "e2e,webnlg", "--methods", "lora,mt-mf", "--seeds", "1",
+                              "--max-new-tokens", "4")  # fmt: skip
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["method"]) for r in records] == [("e2e", "lora"), ("e2e", "mt-mf"), ("webnlg", "lora"), ("webnlg", "mt-mf")]
+    e2e, webnlg = records[0], records[2]
+    assert set(e2e["scores"]) == {"bleu", "nist", "meteor", "rouge_l", "cider"} and set(webnlg["scores"]) == {"bleu", "meteor", "ter"}
+    assert e2e["metric"] == "bleu" and e2e["score"] == e2e["scores"]["bleu"] and e2e["valid_metric"] == "loss"
+    assert e2e["decoding"] == {"max_new_tokens": 4, "num_beams": 1, "batch_size": 16}
+    assert e2e["eval_source"] == "test" and "held out" in webnlg["eval_source"]  # WebNLG's test split is held out
+    lines = [json.loads(line) for line in (out / e2e["generations"]).read_text().splitlines()]
+    assert len(lines) == e2e["n_eval"] and set(lines[0]) == {"index", "category", "source", "prediction", "references"}
+    assert all(line["references"] for line in lines) and len(lines[0]["prediction"].split()) <= 4
+    table7 = (out / "table7.md").read_text()
+    assert "| Method | #Tuned | #Stored | E2E BLEU | E2E NIST | E2E METEOR | E2E ROUGE-L | E2E CIDEr | WebNLG BLEU |" in table7
+    assert not (out / "table3.md").exists()  # no classification runs, no Table III
+    assert "valid loss" in err  # progress lines name the validation loss that early stopping uses

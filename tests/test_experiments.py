@@ -177,3 +177,38 @@ def test_a_held_out_evaluation_split_is_said_once_per_task(tmp_path):
     assert lines["- CB"].count("held out") == 1 and "val.jsonl, the paper's evaluation split" in lines["- CB"]
     assert "a caveat of the task itself" in lines["- CB"]
     assert "held out" not in lines["- RTE"] and "scored on dev; early stopping on 10% of train" in lines["- RTE"]
+
+
+def _generation_record(method, seed, bleu, ter):
+    return {**record("webnlg", method, seed, bleu), "metric": "bleu", "scores": {"bleu": bleu, "ter": ter},
+            "decoding": {"max_new_tokens": 30, "num_beams": 1}}  # fmt: skip
+
+
+def test_table7_has_a_column_per_task_and_metric_and_ter_is_lower_is_better(tmp_path):
+    generation = [_generation_record("lora", 0, 40.0, 50.0), _generation_record("lora", 1, 42.0, 48.0),
+                  _generation_record("mt-mf", 0, 45.0, 60.0), _generation_record("mt-mf", 1, 45.0, 62.0)]  # fmt: skip
+    written = {p.name for p in write_reports(RECORDS + generation, tmp_path)}
+    assert {"table3.md", "table7.md", "table7.csv"} <= written
+    table3 = (tmp_path / "table3.md").read_text()
+    assert "WebNLG" not in table3 and "webnlg" not in table3  # generation runs stay out of Table III
+    lines = (tmp_path / "table7.md").read_text().splitlines()
+    assert "| Method | #Tuned | #Stored | WebNLG BLEU | WebNLG TER |" in lines
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| LoRA") or line.startswith("| MT-MF")}
+    assert "**45.0 ± 0.0**" in rows["| MT-MF"] and "<u>41.0 ± 1.4</u>" in rows["| LoRA"]  # BLEU: higher is better
+    assert "**49.0 ± 1.4**" in rows["| LoRA"] and "<u>61.0 ± 1.4</u>" in rows["| MT-MF"]  # TER: lower is better
+    csv_lines = (tmp_path / "table7.csv").read_text().splitlines()
+    assert csv_lines[0] == "method,task,metric,mean,std,runs" and "lora,webnlg,ter,49.0,1.4142,2" in csv_lines
+
+
+def test_table7_shows_webnlg_seen_unseen_all_and_training_subsets_in_columns_of_their_own(tmp_path):
+    full = {**_generation_record("mt-mf", 0, 45.0, 60.0), "scores": {"bleu": 45.0, "bleu/seen": 50.0, "bleu/unseen": 30.0}}
+    subset = {**_generation_record("mt-mf", 0, 20.0, 70.0), "train_size": 100,
+              "pairs": {"train": 250, "train_left_out": 3}, "settings": {"max_length": 128}}  # fmt: skip
+    write_reports([full, subset], tmp_path)
+    lines = (tmp_path / "table7.md").read_text().splitlines()
+    header = "| Method | #Tuned | #Stored | WebNLG BLEU-S | WebNLG BLEU-U | WebNLG BLEU | WebNLG (100 train inputs) BLEU | WebNLG (100 train inputs) TER |"
+    assert header in lines
+    row = next(line for line in lines if line.startswith("| MT-MF"))
+    assert row.endswith("| **50.0 ± 0.0** | **30.0 ± 0.0** | **45.0 ± 0.0** | **20.0 ± 0.0** | **70.0 ± 0.0** |")
+    assert any(line.startswith("- WebNLG (100 train inputs) (bleu):") and "250 pairs, 3 left out as longer than" in line
+               for line in lines)  # fmt: skip

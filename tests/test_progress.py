@@ -50,7 +50,8 @@ def _run_through(progress, clock, label, method, seconds, epochs=2, steps_per_ep
         callback.on_step_end(args, state, None)
         if step % steps_per_epoch == 0:
             callback.on_log(args, state, None, logs={"loss": 1.0 / step})
-            callback.on_evaluate(args, state, None, metrics={"eval_score": 50.0 + step})
+            metrics = {"eval_loss": 2.0 / step} if method == "gen" else {"eval_score": 50.0 + step}
+            callback.on_evaluate(args, state, None, metrics=metrics)
     progress.finish(method, f"{label}: done")
 
 
@@ -82,3 +83,10 @@ def test_bars_name_the_run_and_show_its_epoch_loss_and_validation_score():
     assert "plan: 0/2 runs" in shown and "ETA after the first run" in shown and "plan: 1/2 runs" in shown
     assert "[1/2] cb ft seed 0 |" in shown and "epoch 2/2, loss 0.100, valid 60.00" in shown
     assert "ETA 1 min 00 s" in shown  # the second ft run is expected to take as long as the first
+
+
+def test_a_generation_run_shows_its_validation_loss():
+    stream, clock = io.StringIO(), Clock()
+    progress = PlanProgress([SimpleNamespace(method="gen")], bars=False, stream=stream, clock=clock)
+    _run_through(progress, clock, "[1/1] e2e lora seed 0", "gen", 10.0, epochs=1)
+    assert "[1/1] e2e lora seed 0: epoch 1/1, loss 0.200, valid loss 0.400" in stream.getvalue()

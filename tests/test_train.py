@@ -35,6 +35,20 @@ def test_profiles_follow_table_i_and_the_paper_learning_rates():
         TrainSettings(epochs=0, batch_size=1, learning_rate=1e-3, max_length=8)
 
 
+def test_valid_size_early_stops_on_one_fixed_sample_for_every_run():
+    from memtune.train import validation_examples
+
+    data = SimpleNamespace(valid=list(range(50)))
+    settings = TrainSettings(epochs=1, batch_size=1, learning_rate=1e-3, max_length=8, valid_size=10)
+    chosen = validation_examples(data, settings)
+    assert len(chosen) == 10 and chosen == sorted(chosen) and set(chosen) < set(data.valid)
+    assert validation_examples(data, settings) == chosen  # the same sample whatever the run's seed
+    assert validation_examples(data, TrainSettings(epochs=1, batch_size=1, learning_rate=1e-3, max_length=8)) is data.valid
+    assert validation_examples(SimpleNamespace(valid=data.valid[:5]), settings) == data.valid[:5]  # fewer than asked: all
+    with pytest.raises(ConfigError, match="valid_size must be a positive integer or None, got 0"):
+        TrainSettings(epochs=1, batch_size=1, learning_rate=1e-3, max_length=8, valid_size=0)
+
+
 class Encoding(dict):
     def word_ids(self):
         return self["_words"]

@@ -176,8 +176,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     overrides = dict(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, max_length=args.max_length,
-        patience=args.patience, max_train_steps=args.max_steps, weight_decay=args.weight_decay,
+        patience=args.patience, max_train_steps=args.max_steps, valid_size=args.valid_size, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, optimizer=args.optimizer, eval_batch_size=args.eval_batch_size,
+        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
     )  # fmt: skip
     compare(
         args.model,
@@ -287,10 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-length", type=int, default=None, help="override the input length in tokens")
     c.add_argument("--patience", type=int, default=None, help="override early-stopping patience (epochs)")
     c.add_argument("--max-steps", type=int, default=None, help="stop each run after this many optimiser steps")
+    c.add_argument("--valid-size", type=int, default=None,
+                   help="early-stop on at most this many validation examples (a fixed sample, the same for every run; "
+                        "e.g. to keep E2E's 547-input dev set from dominating a CPU run)")
     c.add_argument("--weight-decay", type=float, default=None, help="override the weight decay (default: 0)")
     c.add_argument("--warmup-ratio", type=float, default=None, help="override the linear warm-up, a fraction of the steps (default: 0)")
     c.add_argument("--optimizer", default=None, help="override the optimiser: a TrainingArguments.optim value (default: adamw_torch)")
     c.add_argument("--eval-batch-size", type=int, default=None, help="override the evaluation batch size (default: 64)")
+    c.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks: tokens to generate at most (default: the task's, 30)")
+    c.add_argument("--num-beams", type=int, default=None, help="generation tasks: beam search width (default: 1, greedy)")
     c.add_argument(
         "--shift-prefix-positions",
         action="store_true",

@@ -39,6 +39,7 @@ class TrainSettings:
     warmup_ratio: float = 0.0
     eval_batch_size: int = 64
     max_train_steps: int | None = None
+    valid_size: int | None = None  # early-stop on at most this many validation examples (a seed-0 sample, the same for every run)
     optimizer: str = "adamw_torch"  # any TrainingArguments.optim value, e.g. "sgd"
 
     def __post_init__(self):
@@ -57,9 +58,10 @@ class TrainSettings:
         optimizers = [o.value for o in OptimizerNames]
         if self.optimizer not in optimizers:
             raise ConfigError(f"training setting optimizer {self.optimizer!r} is not one of transformers' {', '.join(optimizers)}")
-        steps = self.max_train_steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ConfigError(f"training setting max_train_steps must be a positive integer or None, got {steps!r}")
+        for name in ("max_train_steps", "valid_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"training setting {name} must be a positive integer or None, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +108,14 @@ def settings_for(task: Any, recipe: Any, profile: str, large: bool = False, **ov
 
 
 def encode(examples: list[Any], tokenizer: Any, kind: str, max_length: int) -> list[dict[str, Any]]:
-    """Tokenise examples into features; token tasks label the first sub-token of each word."""
+    """Tokenise examples into features; token tasks label the first sub-token of each word; generation
+    tasks give one feature per (source, reference) pair, the prompt masked (pairs longer than
+    ``max_length`` are left out, never cut: see :func:`decoding.training_features`)."""
+    if kind == "generation":
+        from .decoding import training_features
+
+        pairs = [(e.source, r) for e in examples for r in e.references]
+        return [f for f in (training_features(tokenizer, s, r, max_length) for s, r in pairs) if f is not None]
     if kind == "sentence":
         return [_encode_sentence(e, tokenizer, max_length) for e in examples]
     return [_encode_words(e, tokenizer, max_length) for e in examples]
@@ -186,12 +195,23 @@ class BestTrainable:
                 params[name].copy_(value.to(params[name].device))
 
 
-def _callback(best: BestTrainable, metric_key: str):
+def validation_examples(data: Any, settings: TrainSettings) -> list[Any]:
+    """The examples early stopping sees: ``data.valid``, or a seed-0 sample of ``settings.valid_size`` of them
+    (the same sample for every method and seed, so that runs stay comparable)."""
+    if settings.valid_size is None or settings.valid_size >= len(data.valid):
+        return data.valid
+    from .tasks.data import sample
+
+    return sample(data.valid, settings.valid_size, seed=0, unit="validation examples")
+
+
+def _callback(best: BestTrainable, metric_key: str, sign: float = 1.0):
+    """Early stopping on ``sign * metrics[metric_key]`` (higher is better; sign -1 for a loss)."""
     from transformers import TrainerCallback
 
     class EarlyStopOnBest(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            if metrics and metric_key in metrics and best.update(metrics[metric_key], state.epoch or 0.0):
+            if metrics and metric_key in metrics and best.update(sign * metrics[metric_key], state.epoch or 0.0):
                 control.should_training_stop = True
 
     return EarlyStopOnBest()
@@ -243,6 +263,9 @@ class RunResult:
     train_seconds: float
     peak_memory_mb: float
     history: list[dict[str, float]] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)  # every metric of the task on the evaluation split
+    predictions: list[str] = field(default_factory=list)  # generation tasks: one text per evaluation input
+    n_pairs: dict[str, int] = field(default_factory=dict)  # generation tasks: (source, reference) pairs used / left out
 
 
 def train_and_evaluate(
@@ -254,19 +277,36 @@ def train_and_evaluate(
     seed: int,
     output_dir: str,
     callbacks: Sequence[Any] = (),
+    decoding: Any = None,
+    progress: bool = False,
 ) -> RunResult:
     """Train ``model`` (methods already attached) on ``data.train``, early-stopping on ``data.valid``;
     restore the best trainable tensors and score ``data.eval``.
 
+    Classification tasks stop early on the task's metric. Generation tasks train on the target tokens,
+    stop early on the validation loss (no logits are kept), then decode ``data.eval`` with ``decoding``
+    (a :class:`decoding.DecodingConfig`; default: the task's ``max_new_tokens``, greedy) and score every
+    metric of the task; ``progress`` shows a bar over the decoding batches.
+
     The Trainer's own bar and log lines are off; ``callbacks`` (Trainer callbacks) see the steps, the
     logged loss and each evaluation (``memtune compare`` shows them with experiments.progress)."""
-    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import (DataCollatorForSeq2Seq, DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)  # fmt: skip
 
     task = data.task
+    generation = task.kind == "generation"
     train = encode(data.train, tokenizer, task.kind, settings.max_length)
-    valid = encode(data.valid, tokenizer, task.kind, settings.max_length)
-    evaluation = encode(data.eval, tokenizer, task.kind, settings.max_length)
-    collator = (DataCollatorWithPadding if task.kind == "sentence" else DataCollatorForTokenClassification)(tokenizer)
+    valid = encode(validation_examples(data, settings), tokenizer, task.kind, settings.max_length)
+    if generation:
+        if not train or not valid:
+            raise ConfigError(
+                f"{task.name}: no (table, reference) pair of the {'training' if not train else 'validation'} set fits "
+                f"in {settings.max_length} tokens; raise --max-length"
+            )
+        tokenizer.padding_side = "right"  # training batches; decoding pads on the left itself
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)
+    else:
+        collator = (DataCollatorWithPadding if task.kind == "sentence" else DataCollatorForTokenClassification)(tokenizer)
     best = BestTrainable(model, settings.patience)
     args = TrainingArguments(
         output_dir=output_dir,
@@ -288,6 +328,7 @@ def train_and_evaluate(
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
+        prediction_loss_only=generation,  # a generation task's validation logits (vocabulary-wide) are never kept
         # The classification heads' losses are plain means; with this on, the Trainer multiplies them by the
         # number of processes (meant for losses summed over tokens), doubling gradients under 2-process DDP.
         average_tokens_across_devices=False,
@@ -300,14 +341,15 @@ def train_and_evaluate(
         predicted = np.argmax(prediction.predictions, axis=-1)
         return {"score": score(task, examples[current["split"]], predicted, prediction.label_ids)}
 
+    stop = _callback(best, "eval_loss", sign=-1.0) if generation else _callback(best, "eval_score")
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=valid,
         data_collator=collator,
-        compute_metrics=compute_metrics,
-        callbacks=[_callback(best, "eval_score"), *callbacks],
+        compute_metrics=None if generation else compute_metrics,
+        callbacks=[stop, *callbacks],
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -317,8 +359,54 @@ def train_and_evaluate(
         trainer.train()
         seconds = time.perf_counter() - start
     best.restore()
-    current["split"] = "eval"
-    final = trainer.predict(evaluation).metrics["test_score"]
     epochs_run = float(trainer.state.epoch or 0.0)
-    return RunResult(best.best, final, best.best_epoch, epochs_run, round(seconds, 1), memory.megabytes, best.history)
+    if generation:
+        result = _decode_and_score(model, tokenizer, data, decoding, progress)
+    else:
+        current["split"] = "eval"
+        final = trainer.predict(encode(data.eval, tokenizer, task.kind, settings.max_length)).metrics["test_score"]
+        result = RunResult(best.best, final, None, 0.0, 0.0, 0.0, scores={task.metric: final})
+    result.valid = -best.best if generation else best.best  # generation: the best validation loss
+    result.best_epoch, result.epochs_run, result.train_seconds = best.best_epoch, epochs_run, round(seconds, 1)
+    result.peak_memory_mb, result.history = memory.megabytes, best.history
+    if generation:
+        n_pairs = sum(len(e.references) for e in data.train)
+        result.n_pairs = {"train": len(train), "train_left_out": n_pairs - len(train)}
+    return result
 
+
+def _decode_and_score(model: nn.Module, tokenizer: Any, data: Any, decoding: Any, progress: bool) -> RunResult:
+    """Generate for every evaluation input and score the task's metrics against all its references."""
+    from .decoding import DecodingConfig, generate
+    from .metrics import generation_scores
+
+    task = data.task
+    decoding = decoding or DecodingConfig(max_new_tokens=task.max_new_tokens)
+    sources = [e.source for e in data.eval]
+    predictions = generate(model, tokenizer, sources, decoding, progress=progress, description=f"{task.name}: decoding",
+                           where=f"{task.name} {data.eval_source}")  # fmt: skip
+    scores = generation_scores(predictions, [list(e.references) for e in data.eval], tuple(task.metric), task=task.name)
+    scores.update(category_scores(task, data.eval, predictions))
+    return RunResult(0.0, scores[task.metric[0]], None, 0.0, 0.0, 0.0, scores=scores, predictions=predictions)
+
+
+def category_scores(task: Any, examples: list[Any], predictions: list[str]) -> dict[str, float]:
+    """WebNLG's Seen / Unseen report: ``{"<metric>/seen": ..., "<metric>/unseen": ...}`` (the plain metric
+    names are All) when the task names its seen categories and the examples hold some of each (the test
+    split; dev has seen categories only, and then this is empty)."""
+    from .metrics import generation_scores
+    from .tasks.data import category_splits
+
+    if not task.seen_categories or any(e.category is None for e in examples):
+        return {}
+    splits = category_splits(examples, task.seen_categories)
+    if not splits["seen"] or not splits["unseen"]:
+        return {}
+    index = {id(e): i for i, e in enumerate(examples)}
+    scores = {}
+    for part in ("seen", "unseen"):
+        chosen = [index[id(e)] for e in splits[part]]
+        values = generation_scores([predictions[i] for i in chosen], [list(examples[i].references) for i in chosen],
+                                   tuple(task.metric), task=task.name)  # fmt: skip
+        scores.update({f"{metric}/{part}": value for metric, value in values.items()})
+    return scores

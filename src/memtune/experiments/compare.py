@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 from ..errors import ConfigError
@@ -21,6 +22,10 @@ from .results import append_result, check_config, check_splits, read_results, ru
 from .tables import main_budget
 
 RESULTS_FILE = "results.jsonl"
+DECODING_OVERRIDES = ("max_new_tokens", "num_beams")  # settings of decoding, not of training
+GENERATIONS_DIR = "generations"  # one JSONL per generation run: input, prediction, references
+HEAD_CLASSES = {"sentence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification",
+                "generation": "AutoModelForCausalLM"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -78,14 +83,16 @@ def finish_distributed() -> None:
 
 
 def load_for_task(model_name: str, task: Any) -> tuple[Any, Any]:
-    """The model with a fresh head for ``task`` (sequence or token classification) and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    """The model for ``task`` and its tokenizer: a fresh classification head for sentence and token tasks,
+    the model's own language-model head for generation tasks."""
+    import transformers
 
     from ..models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_name)
-    auto = AutoModelForSequenceClassification if task.kind == "sentence" else AutoModelForTokenClassification
-    model = load_model(model_name, auto, num_labels=len(task.labels))  # says "new N-label head" once
+    auto = getattr(transformers, HEAD_CLASSES[task.kind])
+    labels = {} if task.kind == "generation" else {"num_labels": len(task.labels)}
+    model = load_model(model_name, auto, **labels)  # says "new N-label head" once
     if tokenizer.pad_token is None:  # decoder-only models: pad with the end-of-sequence token
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
@@ -101,8 +108,13 @@ def run_one(
     data_dir: str | None,
     callbacks: list[Any] = (),
     shift_prefix_positions: bool = False,
+    out: Path | None = None,
+    decoding: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one run; the record to append."""
+    """Train and evaluate one run; the record to append. A generation run also writes its generations to
+    ``<out>/generations/`` (input, prediction, references; one JSON object per line), named in the record.
+
+    ``decoding``: DecodingConfig fields (max_new_tokens, num_beams) over the task's defaults."""
     from transformers import set_seed
 
     from .. import attach, parameter_report, recipe
@@ -118,21 +130,31 @@ def run_one(
     report = parameter_report(model)
     large = model.config.hidden_size >= 1024
     settings = settings_for(task, method, profile, large=large, **overrides)
+    generation = task.kind == "generation"
+    decoder = _decoding_config(task, decoding) if generation else None
     with tempfile.TemporaryDirectory(prefix="memtune-trainer-") as scratch:
-        result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, callbacks=callbacks)
+        result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, callbacks=callbacks,
+                                    decoding=decoder, progress=bool(callbacks))  # fmt: skip
+    extra: dict[str, Any] = {}
+    if generation:
+        extra = {"scores": {k: round(v, 4) for k, v in result.scores.items()}, "decoding": decoder.to_dict(),
+                 "valid_metric": "loss", "pairs": result.n_pairs}  # fmt: skip
+        if out is not None:
+            extra["generations"] = write_generations(Path(out), spec, data, result.predictions)
     return {
         "task": spec.task,
         "method": spec.method,
         "seed": spec.seed,
         "budget": spec.budget,
         "train_size": spec.train_size,
-        "metric": task.metric,
+        "metric": task.metric[0] if generation else task.metric,
         "score": round(result.eval, 4),
         "valid": round(result.valid, 4),
+        **extra,
         "eval_source": data.eval_source,
         "valid_source": data.valid_source,
         "n_train": len(data.train),
-        "n_valid": len(data.valid),
+        "n_valid": min(len(data.valid), settings.valid_size or len(data.valid)),
         "n_eval": len(data.eval),
         "tuned": report["tuned"],
         "stored": report["stored"],
@@ -150,6 +172,30 @@ def run_one(
         "memtune_version": __version__,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _decoding_config(task: Any, overrides: dict[str, Any] | None) -> Any:
+    from ..decoding import DecodingConfig
+
+    return DecodingConfig(**{"max_new_tokens": task.max_new_tokens, **(overrides or {})})
+
+
+def write_generations(out: Path, spec: RunSpec, data: Any, predictions: list[str]) -> str:
+    """``<out>/generations/<task>-<method>-b<budget>[-n<size>]-s<seed>.jsonl``, written atomically; its path
+    relative to ``out``. Each line: index, category, source, prediction, references."""
+    import json
+
+    from ..io import atomic_write
+
+    size = f"-n{spec.train_size}" if spec.train_size else ""
+    name = f"{GENERATIONS_DIR}/{spec.task}-{spec.method}-b{spec.budget}{size}-s{spec.seed}.jsonl"
+    lines = [
+        json.dumps({"index": i, "category": getattr(e, "category", None), "source": e.source, "prediction": p,
+                    "references": list(e.references)}, ensure_ascii=False)  # fmt: skip
+        for i, (e, p) in enumerate(zip(data.eval, predictions))
+    ]
+    atomic_write(out / name, ("\n".join(lines) + "\n").encode())
+    return name
 
 
 def validate(
@@ -236,8 +282,12 @@ def compare(
     tasks = list(dict.fromkeys(tasks))
     methods = list(dict.fromkeys(recipe(m).name for m in methods))  # canonical names: one key per run
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    decoding = {k: overrides[k] for k in DECODING_OVERRIDES if k in overrides}  # generation tasks only
+    training = {k: v for k, v in overrides.items() if k not in DECODING_OVERRIDES}
+    if decoding:
+        _decoding_config(SimpleNamespace(max_new_tokens=30), decoding)  # bad values fail before any run
     splits = validate(
-        model_name, tasks, methods, list(budgets), list(train_sizes), profile, data_dir, overrides, shift_prefix_positions
+        model_name, tasks, methods, list(budgets), list(train_sizes), profile, data_dir, training, shift_prefix_positions
     )
     config = {"model": model_name, "profile": profile, "overrides": overrides}
     if shift_prefix_positions:  # only when set, so that results files written before the option still match
@@ -260,7 +310,8 @@ def compare(
         for n, spec in enumerate(todo, start=1):
             label = f"[{n}/{len(todo)}] {spec}"
             run = display.start(label, spec.method)
-            record = run_one(spec, model_name, profile, overrides, data_dir, [run.callback()], shift_prefix_positions)
+            record = run_one(spec, model_name, profile, training, data_dir, [run.callback()], shift_prefix_positions,
+                             out=Path(out), decoding=decoding)  # fmt: skip
             record["config"] = config
             if is_main_process():
                 append_result(path, record)

@@ -136,7 +136,7 @@ class RunProgress:
     def __init__(self, plan: PlanProgress, label: str):
         self.plan, self.label = plan, label
         self.loss: float | None = None
-        self.valid: float | None = None
+        self.valid: str | None = None  # "valid 60.00" (the task's metric) or "valid loss 1.234"
         self.epochs = 0
 
     def callback(self) -> Any:
@@ -158,8 +158,12 @@ class RunProgress:
 
             def on_evaluate(self, args, state, control, metrics=None, **kwargs):
                 if metrics and "eval_score" in metrics:
-                    progress.valid = float(metrics["eval_score"])
-                    progress.epoch_done(state)
+                    progress.valid = f"valid {float(metrics['eval_score']):.2f}"
+                elif metrics and "eval_loss" in metrics:  # generation tasks stop early on the validation loss
+                    progress.valid = f"valid loss {float(metrics['eval_loss']):.3f}"
+                else:
+                    return
+                progress.epoch_done(state)
 
         return _Callback()
 
@@ -171,7 +175,7 @@ class RunProgress:
         if self.loss is not None:
             parts.append(f"loss {self.loss:.3f}")
         if self.valid is not None:
-            parts.append(f"valid {self.valid:.2f}")
+            parts.append(self.valid)
         return ", ".join(parts)
 
     def update(self, state: Any) -> None:

@@ -5,11 +5,12 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write
-from .tables import csv_table, low_data_records, main_budget, markdown_table, summarize, sweep_csv, sweep_plot, sweep_rows
+from .tables import (csv_table, generation_csv, generation_markdown, generation_summary, is_generation, low_data_records,
+                     main_budget, markdown_table, summarize, sweep_csv, sweep_plot, sweep_rows)  # fmt: skip
 
 TASK_NAMES = {
     "mrpc": "MRPC", "rte": "RTE", "cb": "CB", "qnli": "QNLI", "sst2": "SST-2",
-    "conll2003": "CN3", "conll2004": "CN4", "msra": "MSRA",
+    "conll2003": "CN3", "conll2004": "CN4", "msra": "MSRA", "e2e": "E2E", "webnlg": "WebNLG",
 }  # fmt: skip
 
 
@@ -22,24 +23,39 @@ def _scored_on(record: dict[str, Any]) -> str:
             f"{missing}, the paper's evaluation split, is held out here: not comparable to the paper's numbers")
 
 
-def _sources(records: list[dict[str, Any]], column: str = "task") -> str:
+def _sources(records: list[dict[str, Any]], column: str = "task", names: dict[str, str] | None = None) -> str:
     """One line per table column (task, or task and training-set size): the splits scored on, and the caveats."""
+    names = names or TASK_NAMES
     lines = []
     for name in dict.fromkeys(r[column] for r in records):
         first = next(r for r in records if r[column] == name)
         notes = [n for n in first.get("notes") or [] if "is absent (held out)" not in n]  # said by _scored_on
         notes = " ".join(n.rstrip(".") + "." for n in notes)
-        lines.append(
-            f"- {TASK_NAMES.get(name, name)} ({first['metric']}): {_scored_on(first)}; {first['n_train']} training "
-            "examples." + (f" {notes}" if notes else "")
-        )
+        pairs = first.get("pairs")  # generation: (input, reference) pairs trained on, and pairs too long to use
+        training = (f"{first['n_train']} training inputs ({pairs['train']} pairs, {pairs['train_left_out']} left out as "
+                    f"longer than {first['settings']['max_length']} tokens)") if pairs else f"{first['n_train']} training examples"  # fmt: skip
+        lines.append(f"- {names.get(name, name)} ({first['metric']}): {_scored_on(first)}; {training}." + (f" {notes}" if notes else ""))
     return "\n".join(lines)
 
 
+def _sized(record: dict[str, Any]) -> dict[str, Any]:
+    """A generation record trained on a subset, under the task key "<task>@<size>" so it never mixes with full runs."""
+    size = record.get("train_size")
+    return {**record, "task": f"{record['task']}@{size}", "base_task": record["task"]} if size else record
+
+
+def _sized_name(record: dict[str, Any]) -> str:
+    base = record["base_task"]
+    return f"{TASK_NAMES.get(base, base)} ({record['train_size']} train inputs)"
+
+
 def write_reports(records: list[dict[str, Any]], out: str | Path) -> list[Path]:
-    """table3.md/.csv (full data, main budget); table5.md/.csv (low data); budget_sweep.csv/.png (Fig. 2)."""
+    """table3.md/.csv (full data, main budget); table5.md/.csv (low data); budget_sweep.csv/.png (Fig. 2);
+    table7.md/.csv (generation tasks, every metric)."""
     out = Path(out)
     written: list[Path] = []
+    generated = [r for r in records if is_generation(r)]
+    records = [r for r in records if not is_generation(r)]
 
     def write(name: str, content: str | bytes) -> None:
         atomic_write(out / name, content if isinstance(content, bytes) else content.encode())
@@ -63,4 +79,12 @@ def write_reports(records: list[dict[str, Any]], out: str | Path) -> list[Path]:
         write("budget_sweep.csv", sweep_csv(rows))
         metrics = {r["task"]: r["metric"] for r in swept}
         write("budget_sweep.png", sweep_plot(rows, metrics))
+    budget = main_budget(r["budget"] for r in generated)
+    full = [_sized(r) for r in generated if r["budget"] == budget]  # a training subset is a column of its own
+    if full:
+        summary = generation_summary(full)
+        names = {**TASK_NAMES, **{r["task"]: _sized_name(r) for r in full if r.get("train_size")}}
+        title = f"Data-to-text results (budget {budget}); model {full[0]['config']['model']}, profile {full[0]['config']['profile']}"
+        write("table7.md", f"# {title}\n\n{generation_markdown(summary, names)}\n\n{_sources(full, names=names)}\n")
+        write("table7.csv", generation_csv(summary))
     return written

@@ -202,3 +202,78 @@ def sweep_plot(rows: list[dict[str, Any]], metric_names: dict[str, str] | None =
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     return buffer.getvalue()
+
+
+# --- Table VII: data-to-text, method x metric per task ----------------------------------------------
+
+METRIC_NAMES = {"bleu": "BLEU", "nist": "NIST", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr", "ter": "TER"}
+LOWER_IS_BETTER = {"ter"}
+
+
+PARTS = {"seen": "S", "unseen": "U"}  # WebNLG's test categories; a plain metric name is All ("A")
+
+
+def _metric_order(metric: str) -> tuple[int, int]:
+    """The papers' order: E2E's BLEU, NIST, METEOR, ROUGE-L, CIDEr; WebNLG's BLEU, METEOR, TER, each S, U, A."""
+    name, _, part = metric.partition("/")
+    order = list(METRIC_NAMES)
+    return (order.index(name) if name in order else len(order), list(PARTS).index(part) if part in PARTS else len(PARTS))
+
+
+def metric_label(metric: str) -> str:
+    """'BLEU', or 'BLEU-S' / 'BLEU-U' for WebNLG's seen / unseen parts (All carries no suffix)."""
+    name, _, part = metric.partition("/")
+    return METRIC_NAMES.get(name, name) + (f"-{PARTS.get(part, part)}" if part else "")
+
+
+def is_generation(record: dict[str, Any]) -> bool:
+    """A run of a generation task: its record holds every metric in ``scores`` and the decoding settings."""
+    return "decoding" in record
+
+
+def generation_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (method, (task, metric)): mean and std over seeds of every metric the runs recorded."""
+    values: dict[tuple[str, tuple[str, str]], list[float]] = defaultdict(list)
+    params: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in records:
+        for metric, value in r["scores"].items():
+            values[(r["method"], (r["task"], metric))].append(float(value))
+        params[r["method"]].append((r["tuned_pct"], r["stored_pct"]))
+    tasks = list(dict.fromkeys(t for _, (t, _) in values))
+    columns = sorted({c for _, c in values}, key=lambda c: (tasks.index(c[0]), _metric_order(c[1])))
+    return {
+        "methods": _ordered({m for m, _ in values}), "columns": columns, "params": params,
+        "cells": {k: _mean_std(v) for k, v in values.items()}, "seeds": sorted({r["seed"] for r in records}),
+        "counts": {k: len(v) for k, v in values.items()},
+    }  # fmt: skip
+
+
+def generation_markdown(summary: dict[str, Any], task_names: dict[str, str] | None = None) -> str:
+    """Table VII in Markdown: one column per task and metric; best bold, second underlined (TER: lower is better)."""
+    names = task_names or {}
+    methods, columns, cells = summary["methods"], summary["columns"], summary["cells"]
+    header = ["Method", "#Tuned", "#Stored",
+              *[f"{names.get(t, t)} {metric_label(m)}" for t, m in columns]]  # fmt: skip
+    marks = {c: _marks({x: cells[(x, c)][0] for x in methods if (x, c) in cells}, c[1].partition("/")[0] not in LOWER_IS_BETTER)
+             for c in columns}  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in methods:
+        pcts = summary["params"][m]
+        row = [DISPLAY.get(m, m), _pct_range([t for t, _ in pcts]), _pct_range([s for _, s in pcts])]
+        row += [_fmt(*cells[(m, c)], marks[c].get(m)) if (m, c) in cells else "–" for c in columns]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"Mean ± std over seeds {summary['seeds']}. Best in bold, second underlined; TER is lower-is-better, "
+                  "the other metrics higher-is-better. -S / -U: WebNLG's seen / unseen categories (plain: all)."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def generation_csv(summary: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["method", "task", "metric", "mean", "std", "runs"])
+    for m in summary["methods"]:
+        for c in summary["columns"]:
+            if (m, c) in summary["cells"]:
+                mean, std = summary["cells"][(m, c)]
+                writer.writerow([m, c[0], c[1], round(mean, 4), round(std, 4), summary["counts"][(m, c)]])
+    return out.getvalue()

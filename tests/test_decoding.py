@@ -1,0 +1,101 @@
+"""memtune.decoding: prompt/target features and batched generation with left padding and the cache."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+import memtune
+from memtune.decoding import IGNORE, DecodingConfig, generate, generate_ids, prompt_ids, target_ids, training_features
+from memtune.errors import ConfigError
+
+from conftest import VOCAB, tiny_model
+
+WORDS = ["<pad>", "<eos>", "[UNK]", "Text:", "name", "[Aromi]", "food", "[Thai]", "area", "riverside", "is", "a", "pub",
+         "in", "the", "Aromi", "serves", "Thai"]  # fmt: skip
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over WORDS (ids below the tiny models' vocabulary of 96)."""
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="[UNK]")
+    assert len(vocab) < VOCAB
+    return tokenizer
+
+
+SOURCES = ["name [Aromi] food [Thai]", "name [Aromi] area riverside food [Thai] name [Aromi]", "area riverside"]
+
+
+def test_training_features_label_the_target_only_and_end_with_eos():
+    tokenizer = tiny_tokenizer()
+    features = training_features(tokenizer, SOURCES[0], "Aromi is a pub", max_length=32)
+    prompt = prompt_ids(tokenizer, SOURCES[0])
+    assert features["input_ids"] == prompt + target_ids(tokenizer, "Aromi is a pub")
+    assert features["labels"][: len(prompt)] == [IGNORE] * len(prompt)
+    assert features["labels"][len(prompt):] == features["input_ids"][len(prompt):]
+    assert features["input_ids"][-1] == tokenizer.eos_token_id
+    # too long for max_length: never cut, left to the caller to skip and count
+    assert training_features(tokenizer, SOURCES[0], "Aromi is a pub", max_length=len(prompt) + 4) is None
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("recipe", [None, "mt-mf", "prefix", "lora"])
+def test_batched_left_padded_generation_equals_one_input_at_a_time(arch, recipe):
+    model = tiny_model(arch)
+    if recipe:
+        memtune.attach(model, memtune.recipe(recipe, budget=8))
+        with torch.no_grad():
+            for p in memtune.tuning.method_parameters(model):
+                p.normal_(0, 0.5)  # far from the no-op start, so the methods shape what is generated
+    tokenizer = tiny_tokenizer()
+    config = DecodingConfig(max_new_tokens=5, batch_size=3)
+    batched = generate_ids(model, tokenizer, SOURCES, config, progress=False)
+    alone = [generate_ids(model, tokenizer, [s], DecodingConfig(max_new_tokens=5, batch_size=1), progress=False)[0]
+             for s in SOURCES]  # fmt: skip
+    assert batched == alone and len(batched) == 3 and all(batched)
+
+
+def test_generation_with_the_cache_equals_generation_without_it():
+    model = memtune.attach(tiny_model("llama"), memtune.recipe("mt-mf", budget=8))
+    with torch.no_grad():
+        for p in memtune.tuning.method_parameters(model):
+            p.normal_(0, 0.5)
+    tokenizer = tiny_tokenizer()
+    ids = torch.tensor([prompt_ids(tokenizer, SOURCES[1])])
+    run = lambda cache: model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, use_cache=cache, pad_token_id=0)  # noqa: E731
+    assert torch.equal(run(True), run(False))
+
+
+def test_a_prompt_that_leaves_no_room_is_refused_with_its_index():
+    model = tiny_model("gpt2")  # 64 positions
+    long = " ".join(["name [Aromi]"] * 40)
+    with pytest.raises(ConfigError, match=r"e2e test, input 1: its prompt is 8\d tokens.*the model has 64"):
+        generate(model, tiny_tokenizer(), [SOURCES[0], long], progress=False, where="e2e test")
+
+
+@pytest.mark.parametrize("field", ["max_new_tokens", "num_beams", "batch_size"])
+def test_decoding_settings_are_checked(field):
+    with pytest.raises(ConfigError, match=f"{field} must be a positive integer"):
+        DecodingConfig(**{field: 0})
+
+
+def test_beam_search_runs_and_keeps_the_batch_order():
+    model = tiny_model("gpt2")
+    tokenizer = tiny_tokenizer()
+    beams = DecodingConfig(max_new_tokens=4, num_beams=3, batch_size=2)
+    batched = generate_ids(model, tokenizer, SOURCES, beams, progress=False)
+    alone = [generate_ids(model, tokenizer, [s], DecodingConfig(max_new_tokens=4, num_beams=3, batch_size=1), progress=False)[0]
+             for s in SOURCES]  # fmt: skip
+    assert batched == alone
+
+
+def test_generated_ids_stop_at_eos_and_the_text_drops_special_tokens(monkeypatch):
+    from memtune import decoding
+
+    assert decoding._until_eos([15, 16, 1, 17], eos=1) == [15, 16]
+    assert decoding._until_eos([15, 16], eos=1) == [15, 16] and decoding._until_eos([15], eos=None) == [15]
+    monkeypatch.setattr(decoding, "generate_ids", lambda *a, **k: [[15, 16, 17, 0], []])  # 0 is the pad token
+    assert generate(None, tiny_tokenizer(), SOURCES[:2]) == ["Aromi serves Thai", ""]
