@@ -172,14 +172,15 @@ def tiny_lm_dir(tmp_path_factory):
 def test_generation_runs_train_on_targets_decode_score_every_metric_and_render_table7(capsys, tiny_lm_dir, tmp_path):
     out = tmp_path / "gen"
     code, text, err = compare(capsys, tiny_lm_dir, out, "--tasks", "e2e,webnlg", "--methods", "lora,mt-mf", "--seeds", "1",
-                              "--max-new-tokens", "4")  # fmt: skip
+                              "--max-new-tokens", "4", "--decode-batch-size", "3", "--valid-size", "1")  # fmt: skip
     assert code == 0, err
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["task"], r["method"]) for r in records] == [("e2e", "lora"), ("e2e", "mt-mf"), ("webnlg", "lora"), ("webnlg", "mt-mf")]
     e2e, webnlg = records[0], records[2]
     assert set(e2e["scores"]) == {"bleu", "nist", "meteor", "rouge_l", "cider"} and set(webnlg["scores"]) == {"bleu", "meteor", "ter"}
     assert e2e["metric"] == "bleu" and e2e["score"] == e2e["scores"]["bleu"] and e2e["valid_metric"] == "loss"
-    assert e2e["decoding"] == {"max_new_tokens": 4, "num_beams": 1, "batch_size": 16}
+    assert e2e["decoding"] == {"max_new_tokens": 4, "num_beams": 1, "batch_size": 3}
+    assert e2e["settings"]["valid_size"] == 1 and e2e["n_valid"] == 1
     assert e2e["eval_source"] == "test" and "held out" in webnlg["eval_source"]  # WebNLG's test split is held out
     lines = [json.loads(line) for line in (out / e2e["generations"]).read_text().splitlines()]
     assert len(lines) == e2e["n_eval"] and set(lines[0]) == {"index", "category", "source", "prediction", "references"}

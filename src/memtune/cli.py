@@ -178,7 +178,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, max_length=args.max_length,
         patience=args.patience, max_train_steps=args.max_steps, valid_size=args.valid_size, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, optimizer=args.optimizer, eval_batch_size=args.eval_batch_size,
-        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, decode_batch_size=args.decode_batch_size,
     )  # fmt: skip
     compare(
         args.model,
@@ -297,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-batch-size", type=int, default=None, help="override the evaluation batch size (default: 64)")
     c.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks: tokens to generate at most (default: the task's, 30)")
     c.add_argument("--num-beams", type=int, default=None, help="generation tasks: beam search width (default: 1, greedy)")
+    c.add_argument("--decode-batch-size", type=int, default=None,
+                   help="generation tasks: inputs decoded together, left-padded (default: 16)")
     c.add_argument(
         "--shift-prefix-positions",
         action="store_true",

@@ -22,7 +22,8 @@ from .results import append_result, check_config, check_splits, read_results, ru
 from .tables import main_budget
 
 RESULTS_FILE = "results.jsonl"
-DECODING_OVERRIDES = ("max_new_tokens", "num_beams")  # settings of decoding, not of training
+# settings of decoding, not of training: override name -> DecodingConfig field
+DECODING_OVERRIDES = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams", "decode_batch_size": "batch_size"}
 GENERATIONS_DIR = "generations"  # one JSONL per generation run: input, prediction, references
 HEAD_CLASSES = {"sentence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification",
                 "generation": "AutoModelForCausalLM"}  # fmt: skip
@@ -114,7 +115,7 @@ def run_one(
     """Train and evaluate one run; the record to append. A generation run also writes its generations to
     ``<out>/generations/`` (input, prediction, references; one JSON object per line), named in the record.
 
-    ``decoding``: DecodingConfig fields (max_new_tokens, num_beams) over the task's defaults."""
+    ``decoding``: DecodingConfig fields (max_new_tokens, num_beams, batch_size) over the task's defaults."""
     from transformers import set_seed
 
     from .. import attach, parameter_report, recipe
@@ -282,7 +283,7 @@ def compare(
     tasks = list(dict.fromkeys(tasks))
     methods = list(dict.fromkeys(recipe(m).name for m in methods))  # canonical names: one key per run
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    decoding = {k: overrides[k] for k in DECODING_OVERRIDES if k in overrides}  # generation tasks only
+    decoding = {field: overrides[k] for k, field in DECODING_OVERRIDES.items() if k in overrides}  # generation tasks only
     training = {k: v for k, v in overrides.items() if k not in DECODING_OVERRIDES}
     if decoding:
         _decoding_config(SimpleNamespace(max_new_tokens=30), decoding)  # bad values fail before any run
