@@ -289,3 +289,23 @@ def real(root: Path, task_name: str, split: str):
     if not path.exists():
         pytest.skip(f"{path} is absent")
     return READERS[task.reader_for(split)](path, task)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A random 2-layer GPT-2 and a word-level tokenizer over the fixture words, with an end-of-sequence
+    token, saved like a hub model (for the data-to-text runner and bench)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    words = {w for f in fixture_root().rglob("*") if f.is_file() for w in f.read_text(errors="ignore").split()}
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "[UNK]", *sorted(words)[:300]])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="[UNK]")
+    tokenizer.save_pretrained(folder)
+    config = GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=32, n_layer=2, n_head=4, n_inner=48,
+                        bos_token_id=1, eos_token_id=1, pad_token_id=0)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder

@@ -11,7 +11,7 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 import memtune
 from memtune.cli import main
-from fixture_data import fixture_root
+from fixture_data import fixture_root, tiny_lm_dir  # noqa: F401 - a fixture
 
 FIXTURES = fixture_root()  # the hand-written fixture files, in a temporary folder
 
@@ -151,24 +151,6 @@ def test_a_held_out_split_that_turns_up_is_not_mixed_with_runs_scored_without_it
 
 
 
-@pytest.fixture(scope="module")
-def tiny_lm_dir(tmp_path_factory):
-    """A random 2-layer GPT-2 and a word-level tokenizer with an end-of-sequence token, saved like a hub model."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    words = {w for f in FIXTURES.rglob("*") if f.is_file() for w in f.read_text(errors="ignore").split()}
-    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "[UNK]", *sorted(words)[:300]])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="[UNK]")
-    tokenizer.save_pretrained(folder)
-    config = GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=32, n_layer=2, n_head=4, n_inner=48,
-                        bos_token_id=1, eos_token_id=1, pad_token_id=0)  # fmt: skip
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
-
-
 def test_generation_runs_train_on_targets_decode_score_every_metric_and_render_table7(capsys, tiny_lm_dir, tmp_path):
     out = tmp_path / "gen"
     code, text, err = compare(capsys, tiny_lm_dir, out, "--tasks", "e2e,webnlg", "--methods", "lora,mt-mf", "--seeds", "1",
@@ -179,7 +161,7 @@ def test_generation_runs_train_on_targets_decode_score_every_metric_and_render_t
     e2e, webnlg = records[0], records[2]
     assert set(e2e["scores"]) == {"bleu", "nist", "meteor", "rouge_l", "cider"} and set(webnlg["scores"]) == {"bleu", "meteor", "ter"}
     assert e2e["metric"] == "bleu" and e2e["score"] == e2e["scores"]["bleu"] and e2e["valid_metric"] == "loss"
-    assert e2e["decoding"] == {"max_new_tokens": 4, "num_beams": 1, "batch_size": 3}
+    assert e2e["decoding"] == {"max_new_tokens": 4, "num_beams": 1, "batch_size": 3, "min_new_tokens": 0}
     assert e2e["settings"]["valid_size"] == 1 and e2e["n_valid"] == 1
     assert e2e["eval_source"] == "test" and "held out" in webnlg["eval_source"]  # WebNLG's test split is held out
     lines = [json.loads(line) for line in (out / e2e["generations"]).read_text().splitlines()]

@@ -99,3 +99,31 @@ def test_generated_ids_stop_at_eos_and_the_text_drops_special_tokens(monkeypatch
     assert decoding._until_eos([15, 16], eos=1) == [15, 16] and decoding._until_eos([15], eos=None) == [15]
     monkeypatch.setattr(decoding, "generate_ids", lambda *a, **k: [[15, 16, 17, 0], []])  # 0 is the pad token
     assert generate(None, tiny_tokenizer(), SOURCES[:2]) == ["Aromi serves Thai", ""]
+
+
+def test_generation_keeps_token_ids_only_and_min_new_tokens_holds_off_the_end_token():
+    model = tiny_model("gpt2")
+    tokenizer = tiny_tokenizer()
+    seen = {}
+    original = model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        out = original(**kwargs)
+        assert isinstance(out, torch.Tensor)  # ids, not a dict of scores or logits
+        return out
+
+    model.generate = spy
+    eos = tokenizer.eos_token_id
+
+    def end_token_wins(module, inputs, logits):  # every greedy step picks the end token, unless held off
+        logits[..., eos] += 1e4
+        return logits
+
+    model.lm_head.register_forward_hook(end_token_wins)
+    assert generate_ids(model, tokenizer, SOURCES, DecodingConfig(max_new_tokens=5), progress=False) == [[], [], []]
+    assert seen["output_scores"] is False and seen["output_logits"] is False and seen["return_dict_in_generate"] is False
+    fixed = generate_ids(model, tokenizer, SOURCES, DecodingConfig(max_new_tokens=5, min_new_tokens=5), progress=False)
+    assert [len(ids) for ids in fixed] == [5, 5, 5]
+    with pytest.raises(ConfigError, match=r"min_new_tokens must be an integer from 0 to max_new_tokens \(5\), got 6"):
+        DecodingConfig(max_new_tokens=5, min_new_tokens=6)

@@ -254,6 +254,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_decode(args: argparse.Namespace) -> int:
+    from .bench.decode import decode_bench, markdown, write
+
+    result = decode_bench(
+        args.model, args.task, _names(args.methods), data_dir=args.data_dir, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, limit=args.limit, natural_length=args.natural_length, threads=args.threads,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(markdown(result))
+    if args.out:
+        print(f"wrote {write(result, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memtune", description="Memory-tuning and its baselines for Hugging Face transformers.")
     parser.add_argument("--version", action="version", version=f"memtune {__version__}")
@@ -315,6 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["peft"], default="peft", help="output format (default: peft)")
     e.add_argument("--out", required=True, help="folder to write")
     e.set_defaults(run=cmd_export)
+
+    b = sub.add_parser("bench", help="speed measurements: methods relative to the untuned model, interleaved, with 95%% intervals")
+    bench = b.add_subparsers(dest="bench", required=True)
+    d = bench.add_parser("decode", help="data-to-text decoding time with the KV cache, each method vs the untuned model (= 100)")
+    d.add_argument("--model", default="smollm2-135m", help="a causal LM: packaged short name, local path or hub id (default: smollm2-135m)")
+    d.add_argument("--task", default="e2e", help="generation task whose evaluation inputs are decoded (default: e2e, its 630 test inputs)")
+    d.add_argument("--methods", default="mt-mf", help="comma-separated recipes, each attached to its own copy (default: mt-mf)")
+    d.add_argument("--batch-size", type=int, default=32, help="inputs decoded together, left-padded (default: 32)")
+    d.add_argument("--max-new-tokens", type=int, default=None, help="tokens generated per input (default: the task's, 30)")
+    d.add_argument("--natural-length", action="store_true",
+                   help="let each contender stop at its end-of-sequence token (default: all decode exactly --max-new-tokens)")
+    d.add_argument("--limit", type=int, default=None, help="decode only the first N inputs (default: all)")
+    d.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    d.add_argument("--data-dir", default=None, help="data root holding the task folders (default: as memtune compare)")
+    d.add_argument("--out", default=None, help="folder for the JSON result (default: print only)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(run=cmd_bench_decode)
 
     t = sub.add_parser("table", help="render the tables of a results folder again, without training")
     t.add_argument("--out", default="results/compare", help="folder holding results.jsonl (default: results/compare)")

@@ -28,12 +28,17 @@ class DecodingConfig:
     max_new_tokens: int = 30
     num_beams: int = 1  # 1 = greedy
     batch_size: int = 16
+    min_new_tokens: int = 0  # the end-of-sequence token is suppressed before this many (memtune bench: fixed length)
 
     def __post_init__(self):
         for name in ("max_new_tokens", "num_beams", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"decoding setting {name} must be a positive integer, got {value!r}")
+        low = self.min_new_tokens
+        if isinstance(low, bool) or not isinstance(low, int) or not 0 <= low <= self.max_new_tokens:
+            raise ConfigError(f"decoding setting min_new_tokens must be an integer from 0 to max_new_tokens "
+                              f"({self.max_new_tokens}), got {low!r}")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +122,8 @@ def generate_ids(
                 out = model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=config.max_new_tokens, num_beams=config.num_beams,
                     do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+                    min_new_tokens=config.min_new_tokens or None, output_scores=False, output_logits=False,
+                    return_dict_in_generate=False,  # token ids only: no logits kept, however many inputs
                 )  # fmt: skip
             generated += [_until_eos(row.tolist(), tokenizer.eos_token_id) for row in out[:, width:]]
     finally:
