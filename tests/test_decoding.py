@@ -1,6 +1,10 @@
 """memtune.decoding: prompt/target features and batched generation with left padding and the cache."""
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -11,6 +15,7 @@ from memtune.decoding import IGNORE, DecodingConfig, generate, generate_ids, pro
 from memtune.errors import ConfigError
 
 from conftest import VOCAB, tiny_model
+from fixture_data import tiny_lm_dir  # noqa: F401 - a fixture
 
 WORDS = ["<pad>", "<eos>", "[UNK]", "Text:", "name", "[Aromi]", "food", "[Thai]", "area", "riverside", "is", "a", "pub",
          "in", "the", "Aromi", "serves", "Thai"]  # fmt: skip
@@ -127,3 +132,30 @@ def test_generation_keeps_token_ids_only_and_min_new_tokens_holds_off_the_end_to
     assert [len(ids) for ids in fixed] == [5, 5, 5]
     with pytest.raises(ConfigError, match=r"min_new_tokens must be an integer from 0 to max_new_tokens \(5\), got 6"):
         DecodingConfig(max_new_tokens=5, min_new_tokens=6)
+
+
+def test_a_tokenizer_without_an_end_token_is_refused_and_one_without_a_pad_token_pads_with_the_end_token():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("gpt2")
+    padded = generate_ids(model, tokenizer, SOURCES, DecodingConfig(max_new_tokens=4, batch_size=3), progress=False)
+    tokenizer.pad_token = None  # e.g. GPT-2's and Llama's tokenizers: padding falls back to the end token
+    assert tokenizer.pad_token_id is None
+    assert generate_ids(model, tokenizer, SOURCES, DecodingConfig(max_new_tokens=4, batch_size=3), progress=False) == padded
+    tokenizer.eos_token = None
+    with pytest.raises(ConfigError, match="the tokenizer has no end-of-sequence token, which ends every training target"):
+        training_features(tokenizer, SOURCES[0], "Aromi is a pub", max_length=32)
+
+
+def test_the_runner_loads_a_decoder_without_a_pad_token_with_the_end_token_as_pad(tiny_lm_dir, tmp_path):
+    from memtune.experiments.compare import load_for_task
+    from memtune.tasks import get_task
+
+    folder = Path(shutil.copytree(tiny_lm_dir, tmp_path / "no-pad"))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("pad_token", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    special = folder / "special_tokens_map.json"
+    if special.exists():
+        special.write_text(json.dumps({k: v for k, v in json.loads(special.read_text()).items() if k != "pad_token"}))
+    model, tokenizer = load_for_task(str(folder), get_task("e2e"))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<eos>" and model.config.pad_token_id is not None
