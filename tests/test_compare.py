@@ -151,6 +151,7 @@ def test_a_held_out_split_that_turns_up_is_not_mixed_with_runs_scored_without_it
 
 
 
+@pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH: E2E's METEOR/ROUGE-L/CIDEr and WebNLG's METEOR need it")
 def test_generation_runs_train_on_targets_decode_score_every_metric_and_render_table7(capsys, tiny_lm_dir, tmp_path):
     out = tmp_path / "gen"
     code, text, err = compare(capsys, tiny_lm_dir, out, "--tasks", "e2e,webnlg", "--methods", "lora,mt-mf", "--seeds", "1",

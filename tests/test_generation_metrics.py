@@ -226,3 +226,20 @@ def test_importing_the_metrics_imports_no_metric_package():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(M.__file__).rsplit("/memtune/", 1)[0], "PATH": ""})
     assert out.stdout.strip() == "[]"
+
+
+def test_missing_java_or_packages_are_refused_before_any_training(monkeypatch):
+    import importlib.util
+
+    from memtune import metrics
+    from memtune.errors import MemtuneError
+
+    metrics.check_generation_metrics(("bleu", "ter"), task="webnlg")  # both run in Python
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
+    metrics.check_generation_metrics(("bleu", "nist"), task="e2e")  # no Java needed
+    with pytest.raises(MemtuneError, match=r"e2e's meteor, cider runs a Java jar .* needs `java` on PATH"):
+        metrics.check_generation_metrics(("bleu", "meteor", "cider"), task="e2e")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycocoevalcap" else real(name, *a))
+    with pytest.raises(MemtuneError, match=r"need pycocoevalcap: pip install 'memtune\[generation\]'"):
+        metrics.check_generation_metrics(("bleu",), task="e2e")

@@ -289,6 +289,23 @@ def _check_generation(predictions: Sequence[str], references: Sequence[Sequence[
                 raise ConfigError(f"reference {j} of input {i} is {ref!r}: references must be non-empty strings")
 
 
+_JAVA_METRICS = {"e2e_meteor", "e2e_rouge_l", "e2e_cider", "webnlg_meteor"}  # PTB tokeniser or METEOR: Java jars
+_PACKAGES = ("sacrebleu", "nltk", "pycocoevalcap", "anyascii")  # the extra `memtune[generation]`
+
+
+def check_generation_metrics(metrics: tuple[str, ...], *, task: str | None = None) -> None:
+    """Refuse at once (not after training) when a named metric cannot be computed here: an unknown name, a
+    package of ``memtune[generation]`` missing, or no ``java`` for the metrics that run Java jars."""
+    import importlib.util
+
+    names = [_generation_metric(m, task) for m in metrics]
+    missing = [p for p in _PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        raise MemtuneError(f"the data-to-text metrics need {', '.join(missing)}: pip install 'memtune[generation]'")
+    if any(n in _JAVA_METRICS for n in names):
+        _require_java(f"{task or 'the task'}'s {', '.join(m for m, n in zip(metrics, names) if n in _JAVA_METRICS)}")
+
+
 def _reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:
     """sacrebleu's layout: stream k holds every input's k-th reference, None where an input has fewer."""
     depth = max(len(refs) for refs in references)

@@ -219,6 +219,11 @@ def validate(
     from ..train import settings_for
 
     task_specs = [get_task(task) for task in tasks]
+    for task in task_specs:
+        if task.kind == "generation":
+            from ..metrics import check_generation_metrics
+
+            check_generation_metrics(tuple(task.metric), task=task.name)  # no training that could not be scored
     recipes = [recipe(method, budget) for method in methods for budget in budgets]
     settings = [(task, r, settings_for(task, r, profile, **overrides)) for task in task_specs for r in recipes]
     config = load_config(model_name)
