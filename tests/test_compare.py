@@ -172,6 +172,7 @@ def test_generation_runs_train_on_targets_decode_score_every_metric_and_render_t
     assert "| Method | #Tuned | #Stored | E2E BLEU | E2E NIST | E2E METEOR | E2E ROUGE-L | E2E CIDEr | WebNLG BLEU |" in table7
     assert not (out / "table3.md").exists()  # no classification runs, no Table III
     assert "valid loss" in err  # progress lines name the validation loss that early stopping uses
+    assert "e2e: decoding" not in err  # no decoding bar off a terminal or with --no-progress
 
 
 def test_a_generation_task_whose_pairs_all_exceed_max_length_is_refused_before_training(capsys, tiny_lm_dir, tmp_path):

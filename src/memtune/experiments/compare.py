@@ -111,11 +111,13 @@ def run_one(
     shift_prefix_positions: bool = False,
     out: Path | None = None,
     decoding: dict[str, Any] | None = None,
+    bars: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one run; the record to append. A generation run also writes its generations to
     ``<out>/generations/`` (input, prediction, references; one JSON object per line), named in the record.
 
-    ``decoding``: DecodingConfig fields (max_new_tokens, num_beams, batch_size) over the task's defaults."""
+    ``decoding``: DecodingConfig fields (max_new_tokens, num_beams, batch_size) over the task's defaults;
+    ``bars``: a bar over the decoding batches (on a terminal; never in a log file)."""
     from transformers import set_seed
 
     from .. import attach, parameter_report, recipe
@@ -135,7 +137,7 @@ def run_one(
     decoder = _decoding_config(task, decoding) if generation else None
     with tempfile.TemporaryDirectory(prefix="memtune-trainer-") as scratch:
         result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, callbacks=callbacks,
-                                    decoding=decoder, progress=bool(callbacks))  # fmt: skip
+                                    decoding=decoder, progress=bars)  # fmt: skip
     extra: dict[str, Any] = {}
     if generation:
         extra = {"scores": {k: round(v, 4) for k, v in result.scores.items()}, "decoding": decoder.to_dict(),
@@ -317,7 +319,7 @@ def compare(
             label = f"[{n}/{len(todo)}] {spec}"
             run = display.start(label, spec.method)
             record = run_one(spec, model_name, profile, training, data_dir, [run.callback()], shift_prefix_positions,
-                             out=Path(out), decoding=decoding)  # fmt: skip
+                             out=Path(out), decoding=decoding, bars=display.bars)  # fmt: skip
             record["config"] = config
             if is_main_process():
                 append_result(path, record)
