@@ -16,17 +16,7 @@ import torch.nn as nn
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..errors import ConfigError
 from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, register_method
-
-
-def memory_attention(
-    h: torch.Tensor, memory: torch.Tensor, query: nn.Module, key: nn.Module, value: nn.Module, scale: float = 1.0
-) -> torch.Tensor:
-    """softmax(Q K^T) V of Eq. (8), before W_o. h: (..., n, d); memory: (k, s) -> (..., n, s)."""
-    q = query(h)  # (..., n, s)
-    k = key(memory)  # (k, s)
-    v = value(memory)  # (k, s)
-    scores = torch.matmul(q, k.transpose(0, 1)) * scale  # (..., n, k)
-    return torch.matmul(scores.softmax(dim=-1), v)  # (..., n, s)
+from .constants import ConstantCache
 
 
 class MemoryBlock(nn.Module):
@@ -72,11 +62,21 @@ class MemoryBlock(nn.Module):
         self.input_norm = norm(d_model)  # LN1 of the authors' code
         self.query_norm = norm(slot_dim)  # LN2
         self.output_norm = norm(slot_dim)  # LN3
+        self._constants = ConstantCache()  # K and V for inference
+
+    def key_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, V) = (M W_key, M W_value), each (k, s): input-independent, so computed once while gradients are
+        off and the weights unchanged (``ConstantCache``), every call while training."""
+        sources = (self.memory, self.key.weight, self.key.bias, self.value.weight, self.value.bias)
+        return self._constants.get(sources, lambda: (self.key(self.memory), self.value(self.memory)))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        query = nn.Sequential(self.input_norm, self.query, self.query_norm)
-        attended = memory_attention(h, self.memory, query, self.key, self.value, self.scale)
-        return self.out(self.output_norm(attended))  # dH: (..., n, d)
+        q = self.query_norm(self.query(self.input_norm(h)))  # (..., n, s)
+        k, v = self.key_values()  # (k, s) each
+        scores = torch.matmul(q, k.transpose(0, 1))  # (..., n, k)
+        if self.scale != 1.0:
+            scores = scores * self.scale
+        return self.out(self.output_norm(torch.matmul(scores.softmax(dim=-1), v)))  # dH: (..., n, d)
 
     def update_ffn_output(self, module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
         """Forward hook on the FFN output module: H <- H + dH (Eq. 7, a = b = 1).
@@ -92,7 +92,7 @@ class MemoryBlock(nn.Module):
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         """softmax(Q K^T): how each token attends to the k slots (..., n, k), for visualisation."""
         q = self.query_norm(self.query(self.input_norm(h)))
-        return (torch.matmul(q, self.key(self.memory).transpose(0, 1)) * self.scale).softmax(-1)
+        return (torch.matmul(q, self.key_values()[0].transpose(0, 1)) * self.scale).softmax(-1)
 
 
 @register_method

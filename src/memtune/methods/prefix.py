@@ -18,6 +18,7 @@ from ..attention import install_interface_prefix, install_projection_prefix, use
 from ..compat import cache_from, cached_length
 from ..errors import ConfigError, MemtuneError
 from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, probability, register_method
+from .constants import ConstantCache
 
 
 @register_method
@@ -71,6 +72,7 @@ class PrefixMethod(TunedMethod):
         if config.gate:  # UniPELT's G_P: one key gate and one value gate per layer, from the layer's input
             self.gates = nn.ModuleDict({str(j): nn.Linear(dims.hidden, 2) for j in range(n_layers)})
         self._gate_values: dict[int, torch.Tensor] = {}
+        self._constants = ConstantCache()  # the reparameterised prefix, for inference
 
     @property
     def reparameterized(self) -> bool:
@@ -80,9 +82,17 @@ class PrefixMethod(TunedMethod):
         """The j-th tuned layer's keys and values, flat: (l, 2 d_kv), layout [key | value] x heads."""
         if not self.reparameterized:
             return self.prefix[j]
+        if not torch.is_grad_enabled():  # inference: every layer's prefix computed once (ConstantCache)
+            sources = (self.embedding.weight, self.down.weight, self.down.bias, self.up.weight, self.up.bias)
+            return self._constants.get(sources, self._all_layer_prefixes)[j]
         hidden = torch.tanh(self.down(self.embedding.weight))  # (l, m)
         rows = slice(j * self.width, (j + 1) * self.width)
         return F.linear(hidden, self.up.weight[rows], self.up.bias[rows])  # (l, 2 d_kv)
+
+    def _all_layer_prefixes(self) -> torch.Tensor:
+        """(L, l, 2 d_kv): the reparameterisation network's output for every tuned layer at once."""
+        hidden = torch.tanh(self.down(self.embedding.weight))  # (l, m)
+        return self.up(hidden).view(self.length, len(self.layer_indices), self.width).transpose(0, 1)
 
     def key_values(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer j's prefix keys and values, each (kv_heads, l, head_dim); (B, kv_heads, l, head_dim) gated."""
