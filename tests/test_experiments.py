@@ -212,3 +212,12 @@ def test_table7_shows_webnlg_seen_unseen_all_and_training_subsets_in_columns_of_
     assert row.endswith("| **50.0 ± 0.0** | **30.0 ± 0.0** | **45.0 ± 0.0** | **20.0 ± 0.0** | **70.0 ± 0.0** |")
     assert any(line.startswith("- WebNLG (100 train inputs) (bleu):") and "250 pairs, 3 left out as longer than" in line
                for line in lines)  # fmt: skip
+
+
+def test_table7_prints_nist_and_cider_with_two_decimals_and_names_a_sampled_validation_set(tmp_path):
+    rec = {**_generation_record("lora", 0, 40.0, 50.0), "task": "e2e", "scores": {"bleu": 40.04, "nist": 4.771, "cider": 1.163},
+           "settings": {"valid_size": 24, "max_length": 128}, "n_valid": 24}  # fmt: skip
+    write_reports([rec], tmp_path)
+    text = (tmp_path / "table7.md").read_text()
+    assert "| **40.0 ± 0.0** | **4.77 ± 0.00** | **1.16 ± 0.00** |" in text
+    assert "early stopping on 10% of train (a fixed sample of 24 of its inputs, --valid-size)" in text

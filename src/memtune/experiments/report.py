@@ -16,10 +16,14 @@ TASK_NAMES = {
 
 def _scored_on(record: dict[str, Any]) -> str:
     """Where a column's scores come from, said once (a held-out split is named in ``eval_source``)."""
+    valid = record["valid_source"]
+    size = (record.get("settings") or {}).get("valid_size")
+    if size and record.get("n_valid", size + 1) <= size:  # --valid-size sampled the validation set
+        valid += f" (a fixed sample of {record['n_valid']} of its inputs, --valid-size)"
     if "held out" not in record["eval_source"]:
-        return f"scored on {record['eval_source']}; early stopping on {record['valid_source']}"
+        return f"scored on {record['eval_source']}; early stopping on {valid}"
     missing = record["eval_source"].split("(", 1)[-1].split(" is absent")[0]
-    return (f"scored on the validation set ({record['valid_source']}, also used for early stopping), because "
+    return (f"scored on the validation set ({valid}, also used for early stopping), because "
             f"{missing}, the paper's evaluation split, is held out here: not comparable to the paper's numbers")
 
 

@@ -72,9 +72,10 @@ def summarize(records: list[dict[str, Any]], column: str = "task") -> dict[str, 
     }  # fmt: skip
 
 
-def _marks(values: dict[str, float], higher_is_better: bool = True) -> dict[str, str]:
-    """'best' / 'second' for the top two distinct values, as printed (one decimal): equal-looking cells get equal marks."""
-    values = {m: round(v, 1) for m, v in values.items()}
+def _marks(values: dict[str, float], higher_is_better: bool = True, digits: int = 1) -> dict[str, str]:
+    """'best' / 'second' for the top two distinct values, as printed (``digits`` decimals): equal-looking cells
+    get equal marks."""
+    values = {m: round(v, digits) for m, v in values.items()}
     distinct = sorted(set(values.values()), reverse=higher_is_better)
     marks = {}
     for m, v in values.items():
@@ -91,8 +92,8 @@ def _pct_range(values: list[float]) -> str:
     return f"{low}%" if low == high else f"{low}–{high}%"
 
 
-def _fmt(mean: float, std: float, mark: str | None) -> str:
-    text = f"{mean:.1f} ± {std:.1f}"
+def _fmt(mean: float, std: float, mark: str | None, digits: int = 1) -> str:
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}"
     return f"**{text}**" if mark == "best" else f"<u>{text}</u>" if mark == "second" else text
 
 
@@ -208,6 +209,7 @@ def sweep_plot(rows: list[dict[str, Any]], metric_names: dict[str, str] | None =
 
 METRIC_NAMES = {"bleu": "BLEU", "nist": "NIST", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr", "ter": "TER"}
 LOWER_IS_BETTER = {"ter"}
+TWO_DECIMALS = {"nist": 2, "cider": 2}  # printed as the E2E script and the paper print them (8.78, 2.46)
 
 
 PARTS = {"seen": "S", "unseen": "U"}  # WebNLG's test categories; a plain metric name is All ("A")
@@ -254,13 +256,14 @@ def generation_markdown(summary: dict[str, Any], task_names: dict[str, str] | No
     methods, columns, cells = summary["methods"], summary["columns"], summary["cells"]
     header = ["Method", "#Tuned", "#Stored",
               *[f"{names.get(t, t)} {metric_label(m)}" for t, m in columns]]  # fmt: skip
-    marks = {c: _marks({x: cells[(x, c)][0] for x in methods if (x, c) in cells}, c[1].partition("/")[0] not in LOWER_IS_BETTER)
-             for c in columns}  # fmt: skip
+    digits = {c: TWO_DECIMALS.get(c[1].partition("/")[0], 1) for c in columns}
+    marks = {c: _marks({x: cells[(x, c)][0] for x in methods if (x, c) in cells}, c[1].partition("/")[0] not in LOWER_IS_BETTER,
+                       digits[c]) for c in columns}  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
         pcts = summary["params"][m]
         row = [DISPLAY.get(m, m), _pct_range([t for t, _ in pcts]), _pct_range([s for _, s in pcts])]
-        row += [_fmt(*cells[(m, c)], marks[c].get(m)) if (m, c) in cells else "–" for c in columns]
+        row += [_fmt(*cells[(m, c)], marks[c].get(m), digits[c]) if (m, c) in cells else "–" for c in columns]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"Mean ± std over seeds {summary['seeds']}. Best in bold, second underlined; TER is lower-is-better, "
                   "the other metrics higher-is-better. -S / -U: WebNLG's seen / unseen categories (plain: all)."]  # fmt: skip
