@@ -266,6 +266,27 @@ def fixture_root() -> Path:
     return root
 
 
+# --- reading the fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch):
+    """No $MEMTUNE_DATA and no hub unless a test sets them (autouse in every module that imports it)."""
+    import memtune.tasks.data as task_data
+
+    monkeypatch.delenv("MEMTUNE_DATA", raising=False)
+    monkeypatch.setattr(task_data, "_load_dataset", lambda: None)
+
+
+def read(task_name: str, split: str, root: Path | None = None):
+    """The examples of one split of a task, read by the task's reader from the fixtures (or ``root``)."""
+    from memtune.tasks import READERS, get_task
+
+    task = get_task(task_name)
+    path = (root or fixture_root()) / task.folder / task.files[split]
+    return READERS[task.reader_for(split)](path, task)
+
+
 # --- the real data (../shared/data), for integration tests -------------------------------------------
 
 
@@ -282,13 +303,13 @@ def shared():
 
 def real(root: Path, task_name: str, split: str):
     """The examples of one split of a task's real data (a file or a folder), or a skip when it is absent (held out)."""
-    from memtune.tasks import READERS, get_task
+    from memtune.tasks import get_task
 
     task = get_task(task_name)
     path = root / task.folder / task.files[split]
     if not path.exists():
         pytest.skip(f"{path} is absent")
-    return READERS[task.reader_for(split)](path, task)
+    return read(task_name, split, root)
 
 
 @pytest.fixture(scope="session")

@@ -22,23 +22,11 @@ from memtune.tasks import (
     pairs,
     shared_data_dir,
 )
-from fixture_data import fixture_root, real, shared  # noqa: F401 - shared is a fixture
+from fixture_data import fixture_root, isolated, read, real, shared  # noqa: F401 - isolated, shared: fixtures
 
 FIXTURES = fixture_root()  # the hand-written fixture files, in a temporary folder
 SEEN = ("Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument", "SportsTeam",
         "University", "WrittenWork")  # webnlg2017/PROVENANCE.md
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    """No $MEMTUNE_DATA and no hub unless a test sets them."""
-    monkeypatch.delenv("MEMTUNE_DATA", raising=False)
-    monkeypatch.setattr(task_data, "_load_dataset", lambda: None)
-
-
-def read(task_name: str, split: str, root: Path = FIXTURES):
-    task = get_task(task_name)
-    return READERS[task.reader_for(split)](root / task.folder / task.files[split], task)
 
 
 def copy_task(task_name: str, root: Path) -> Path:
@@ -63,6 +51,16 @@ def entry(eid: str = "Id1", category: str = "Airport", triples: tuple[str, ...] 
 
 def benchmark(*entries: str) -> str:
     return "<benchmark>\n<entries>\n" + "\n".join(entries) + "\n</entries>\n</benchmark>\n"
+
+
+def with_webnlg_test_file(root: Path) -> None:
+    """The WebNLG fixture copied under ``root`` with a test file: two seen categories, one unseen (Artist)."""
+    copy_task("webnlg", root)
+    write(root / "webnlg2017" / "test" / "testdata_with_lex.xml", benchmark(
+        entry("Id1", "Food", ("Rice | country | Peru",), ("Rice is from Peru.", "Peru grows rice.")),
+        entry("Id2", "Artist", ("Bo | genre | Jazz",), ("Bo plays jazz music.",)),
+        entry("Id3", "Airport", ("Acme_Field | runwayLength | 2000.0",), ("Acme Field has a 2000 m runway.",)),
+    ))
 
 
 # --- registry ----------------------------------------------------------------------------------------
@@ -246,12 +244,7 @@ def test_webnlg_scores_on_dev_when_the_test_file_is_held_out():
 
 
 def test_webnlg_test_file_is_used_when_present_and_splits_by_category(tmp_path):
-    copy_task("webnlg", tmp_path)
-    write(tmp_path / "webnlg2017" / "test" / "testdata_with_lex.xml", benchmark(
-        entry("Id1", "Food", ("Rice | country | Peru",), ("Rice is from Peru.", "Peru grows rice.")),
-        entry("Id2", "Artist", ("Bo | genre | Jazz",), ("Bo plays jazz.",)),
-        entry("Id3", "Airport", ("Acme_Field | runwayLength | 2000.0",), ("Acme Field has a 2000 m runway.",)),
-    ))
+    with_webnlg_test_file(tmp_path)
     data = load_task("webnlg", tmp_path)
     assert data.eval_source == "test" and not any("held out" in n for n in data.notes)
     splits = category_splits(data.eval, data.task.seen_categories)
@@ -367,12 +360,7 @@ def test_webnlg_test_split_is_scored_seen_unseen_and_all(tmp_path):
     from memtune.metrics import generation_scores
     from memtune.train import category_scores
 
-    copy_task("webnlg", tmp_path)
-    write(tmp_path / "webnlg2017" / "test" / "testdata_with_lex.xml", benchmark(
-        entry("Id1", "Food", ("Rice | country | Peru",), ("Rice is from Peru.", "Peru grows rice.")),
-        entry("Id2", "Artist", ("Bo | genre | Jazz",), ("Bo plays jazz music.",)),
-        entry("Id3", "Airport", ("Acme_Field | runwayLength | 2000.0",), ("Acme Field has a 2000 m runway.",)),
-    ))
+    with_webnlg_test_file(tmp_path)
     data = load_task("webnlg", tmp_path)
     predictions = ["Rice is from Peru.", "Bo plays rock.", "Acme Field has a long runway."]
     scores = category_scores(data.task, data.eval, predictions)

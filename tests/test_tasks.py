@@ -10,22 +10,10 @@ import pytest
 import memtune.tasks.data as task_data
 from memtune.errors import ConfigError
 from memtune.tasks import READERS, TASKS, carve, get_task, load_task, sample, shared_data_dir
-from fixture_data import fixture_root, real, shared  # noqa: F401 - shared is a fixture
+from fixture_data import fixture_root, isolated, read, real, shared  # noqa: F401 - isolated, shared: fixtures
 
 FIXTURES = fixture_root()  # the hand-written fixture files, in a temporary folder
 _NLI_STRINGS = ("entailment", "not_entailment")
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    """No $MEMTUNE_DATA and no hub unless a test sets them."""
-    monkeypatch.delenv("MEMTUNE_DATA", raising=False)
-    monkeypatch.setattr(task_data, "_load_dataset", lambda: None)
-
-
-def read(task_name: str, split: str, root: Path = FIXTURES):
-    task = get_task(task_name)
-    return READERS[task.reader_for(split)](root / task.folder / task.files[split], task)
 
 
 def write(root: Path, task_name: str, split: str, content: str | bytes) -> Path:

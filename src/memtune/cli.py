@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MemtuneError
+from .models import HEAD_CLASSES, auto_class
 from .version import __version__
 
 # BERT dimensions as in the paper's Table II, to count parameters without any download.
@@ -31,19 +32,14 @@ def model_config(name: str):
         raise MemtuneError(f"{e} (Table II names: {', '.join(PAPER_CONFIGS)})") from None
 
 
-HEAD_CLASSES = {"none": "AutoModel", "seq": "AutoModelForSequenceClassification",
-                "token": "AutoModelForTokenClassification", "lm": "AutoModelForCausalLM"}  # fmt: skip
-
-
 def meta_model(config, head: str, num_labels: int):
     """The model built on the meta device: every parameter counted, no memory, no weights read."""
     import torch
-    import transformers
 
     if head in ("seq", "token"):
         config.num_labels = num_labels
     with torch.device("meta"):
-        return getattr(transformers, HEAD_CLASSES[head]).from_config(config)
+        return auto_class(head).from_config(config)
 
 
 TABLE_II_METHODS = "ft,bitfit,adapter,lora,prefix,mam,mt-f,mt-mf"
@@ -235,8 +231,6 @@ def _saved_labels(checkpoint: str) -> int | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import transformers
-
     from . import load
     from .models import load_model
     from .peft_format import export_peft
@@ -247,7 +241,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if labels is None:
             raise MemtuneError(f"{args.checkpoint} holds no trained head to read the label count from; pass --num-labels")
         kwargs["num_labels"] = labels
-    model = load(load_model(args.model, getattr(transformers, HEAD_CLASSES[args.head]), **kwargs), args.checkpoint)
+    model = load(load_model(args.model, auto_class(args.head), **kwargs), args.checkpoint)
     folder = export_peft(model, args.out)
     print(f"wrote {folder} (peft's adapter_config.json + adapter_model.safetensors); load it with "
           f"peft.PeftModel.from_pretrained(base_model, {str(folder)!r})")

@@ -48,6 +48,17 @@ from typing import Any, Callable
 from .compat import loading_kwargs
 from .errors import MemtuneError
 
+# The heads memtune loads models with, by short name: the one table for the CLI (params, export) and the runner.
+HEAD_CLASSES = {"none": "AutoModel", "seq": "AutoModelForSequenceClassification",
+                "token": "AutoModelForTokenClassification", "lm": "AutoModelForCausalLM"}  # fmt: skip
+
+
+def auto_class(head: str) -> Any:
+    """The transformers Auto class of a head name of HEAD_CLASSES."""
+    import transformers
+
+    return getattr(transformers, HEAD_CLASSES[head])
+
 MARKER = ".complete"
 _STALE_SECONDS = 24 * 3600  # leftovers of killed builds older than this are removed
 _JUNK_FILES = frozenset({"desktop.ini", "thumbs.db", ".ds_store"})

@@ -113,9 +113,9 @@ def encode(examples: list[Any], tokenizer: Any, kind: str, max_length: int) -> l
     ``max_length`` are left out, never cut: see :func:`decoding.training_features`)."""
     if kind == "generation":
         from .decoding import training_features
+        from .tasks.data import pairs
 
-        pairs = [(e.source, r) for e in examples for r in e.references]
-        return [f for f in (training_features(tokenizer, s, r, max_length) for s, r in pairs) if f is not None]
+        return [f for f in (training_features(tokenizer, s, r, max_length) for s, r in pairs(examples)) if f is not None]
     if kind == "sentence":
         return [_encode_sentence(e, tokenizer, max_length) for e in examples]
     return [_encode_words(e, tokenizer, max_length) for e in examples]
@@ -370,8 +370,9 @@ def train_and_evaluate(
     result.best_epoch, result.epochs_run, result.train_seconds = best.best_epoch, epochs_run, round(seconds, 1)
     result.peak_memory_mb, result.history = memory.megabytes, best.history
     if generation:
-        n_pairs = sum(len(e.references) for e in data.train)
-        result.n_pairs = {"train": len(train), "train_left_out": n_pairs - len(train)}
+        from .tasks.data import pairs
+
+        result.n_pairs = {"train": len(train), "train_left_out": len(pairs(data.train)) - len(train)}
     return result
 
 

@@ -11,7 +11,6 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 from ..errors import ConfigError
@@ -25,8 +24,7 @@ RESULTS_FILE = "results.jsonl"
 # settings of decoding, not of training: override name -> DecodingConfig field
 DECODING_OVERRIDES = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams", "decode_batch_size": "batch_size"}
 GENERATIONS_DIR = "generations"  # one JSONL per generation run: input, prediction, references
-HEAD_CLASSES = {"sentence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification",
-                "generation": "AutoModelForCausalLM"}  # fmt: skip
+TASK_HEADS = {"sentence": "seq", "token": "token", "generation": "lm"}  # task kind -> models.HEAD_CLASSES name
 
 
 @dataclass(frozen=True)
@@ -86,12 +84,10 @@ def finish_distributed() -> None:
 def load_for_task(model_name: str, task: Any) -> tuple[Any, Any]:
     """The model for ``task`` and its tokenizer: a fresh classification head for sentence and token tasks,
     the model's own language-model head for generation tasks."""
-    import transformers
-
-    from ..models import load_model, load_tokenizer
+    from ..models import auto_class, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_name)
-    auto = getattr(transformers, HEAD_CLASSES[task.kind])
+    auto = auto_class(TASK_HEADS[task.kind])
     labels = {} if task.kind == "generation" else {"num_labels": len(task.labels)}
     model = load_model(model_name, auto, **labels)  # says "new N-label head" once
     if tokenizer.pad_token is None:  # decoder-only models: pad with the end-of-sequence token
@@ -122,7 +118,7 @@ def run_one(
 
     from .. import attach, parameter_report, recipe
     from ..tasks import get_task, load_task
-    from ..train import settings_for, train_and_evaluate
+    from ..train import settings_for, train_and_evaluate, validation_examples
 
     task = get_task(spec.task)
     data = load_task(spec.task, data_dir, seed=0, train_size=spec.train_size, sample_seed=spec.seed)
@@ -134,7 +130,7 @@ def run_one(
     large = model.config.hidden_size >= 1024
     settings = settings_for(task, method, profile, large=large, **overrides)
     generation = task.kind == "generation"
-    decoder = _decoding_config(task, decoding) if generation else None
+    decoder = _decoding_config(task.max_new_tokens, decoding) if generation else None
     with tempfile.TemporaryDirectory(prefix="memtune-trainer-") as scratch:
         result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, callbacks=callbacks,
                                     decoding=decoder, progress=bars)  # fmt: skip
@@ -157,7 +153,7 @@ def run_one(
         "eval_source": data.eval_source,
         "valid_source": data.valid_source,
         "n_train": len(data.train),
-        "n_valid": min(len(data.valid), settings.valid_size or len(data.valid)),
+        "n_valid": len(validation_examples(data, settings)),
         "n_eval": len(data.eval),
         "tuned": report["tuned"],
         "stored": report["stored"],
@@ -177,10 +173,11 @@ def run_one(
     }
 
 
-def _decoding_config(task: Any, overrides: dict[str, Any] | None) -> Any:
+def _decoding_config(max_new_tokens: int, overrides: dict[str, Any] | None) -> Any:
+    """The DecodingConfig of a run: the task's cap on new tokens, then the command's overrides."""
     from ..decoding import DecodingConfig
 
-    return DecodingConfig(**{"max_new_tokens": task.max_new_tokens, **(overrides or {})})
+    return DecodingConfig(**{"max_new_tokens": max_new_tokens, **(overrides or {})})
 
 
 def write_generations(out: Path, spec: RunSpec, data: Any, predictions: list[str]) -> str:
@@ -293,7 +290,7 @@ def compare(
     decoding = {field: overrides[k] for k, field in DECODING_OVERRIDES.items() if k in overrides}  # generation tasks only
     training = {k: v for k, v in overrides.items() if k not in DECODING_OVERRIDES}
     if decoding:
-        _decoding_config(SimpleNamespace(max_new_tokens=30), decoding)  # bad values fail before any run
+        _decoding_config(30, decoding)  # bad values fail before any run
     splits = validate(
         model_name, tasks, methods, list(budgets), list(train_sizes), profile, data_dir, training, shift_prefix_positions
     )
