@@ -7,7 +7,7 @@ from transformers import DynamicCache
 
 import memtune
 from memtune.errors import ConfigError, MemtuneError
-from memtune.attention import _register, prefix_mask
+from memtune.attention import _register, one_query_attention, prefix_mask
 from conftest import DECODERS, ENCODERS, batch, logits, tiny_model
 
 
@@ -65,6 +65,30 @@ def test_registered_attention_equals_explicit(inner, causal, padded, q_len):
     full_allowed = torch.cat([torch.ones(B, 1, q_len, l, dtype=torch.bool), allowed], -1)
     expected = explicit_attention(q, torch.cat([pk.expand(B, -1, -1, -1), k], 2), torch.cat([pv.expand(B, -1, -1, -1), v], 2), full_allowed, hd**-0.5)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("mask_kind", [None, "bool", "additive", "per-head"])
+def test_one_query_attention_equals_attention_over_concatenated_keys(groups, gated, mask_kind):
+    """The decoding-step fast path (no concatenation of the cache) against explicit attention over [prefix; keys]."""
+    torch.manual_seed(2)
+    B, Hkv, T, hd, l = 3, 2, 7, 8, 4
+    H = Hkv * groups
+    q, k, v = torch.randn(B, H, 1, hd), torch.randn(B, Hkv, T, hd), torch.randn(B, Hkv, T, hd)
+    pk, pv = (torch.randn(B, Hkv, l, hd), torch.randn(B, Hkv, l, hd)) if gated else (torch.randn(Hkv, l, hd), torch.randn(Hkv, l, hd))
+    allowed = torch.ones(B, H if mask_kind == "per-head" else 1, 1, T, dtype=torch.bool)
+    allowed[0, ..., :3] = False  # left padding of row 0
+    if mask_kind == "per-head":
+        allowed[1, 0, :, 2] = False  # one head of row 1 hides one key
+    mask = {None: None, "bool": allowed, "per-head": allowed}.get(mask_kind)
+    if mask_kind == "additive":
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    out = one_query_attention(q, k, v, pk, pv, mask, 0.3)
+    full_k = torch.cat([pk.expand(B, -1, -1, -1), k], 2)
+    full_v = torch.cat([pv.expand(B, -1, -1, -1), v], 2)
+    visible = torch.cat([torch.ones(B, allowed.shape[1], 1, l, dtype=torch.bool), allowed if mask_kind else torch.ones_like(allowed)], -1)
+    torch.testing.assert_close(out, explicit_attention(q, full_k, full_v, visible, 0.3), rtol=1e-5, atol=1e-6)
 
 
 def test_prefixed_attention_is_eq9_mixture():

@@ -51,6 +51,52 @@ def prefix_mask(
     return torch.cat([prefix, mask], dim=-1)  # (..., q, l + kv)
 
 
+def one_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    prefix_key: torch.Tensor,
+    prefix_value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """SDPA over keys [prefix; key] for one query token (a cached decoding step), without concatenating
+    the keys: the prefix's and the keys' scores are normalised together, and the two value sums added.
+
+    Concatenating copies the whole cache in every layer at every step (the dominant cost of a prefix
+    in decoding); scoring the two parts apart reads it once, as SDPA does. Query heads are grouped over
+    the key/value heads (GQA) instead of repeating the keys. ``query``: (B, H, 1, hd); ``key``/``value``:
+    (B, H_kv, T, hd); prefix: (H_kv, l, hd) or (B, H_kv, l, hd); ``mask`` bool (True = attend) or additive,
+    broadcastable to (B, H, 1, T). Returns (B, 1, H, hd), as transformers' attention functions do.
+    """
+    batch, heads, _, head_dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    q = query.reshape(batch, kv_heads, groups, head_dim) * (head_dim**-0.5 if scaling is None else scaling)
+    prefix_scores = torch.matmul(q, prefix_key.to(q.dtype).transpose(-1, -2))  # (B, H_kv, g, l)
+    scores = torch.matmul(q, key.transpose(-1, -2))  # (B, H_kv, g, T)
+    if mask is not None:
+        if mask.shape[1] == heads and groups > 1:  # a per-head mask, grouped like the query
+            mask = mask.reshape(mask.shape[0], kv_heads, groups, mask.shape[-1])
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    length = prefix_scores.shape[-1]
+    probs = torch.cat([prefix_scores, scores], dim=-1).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(probs[..., :length], prefix_value.to(q.dtype)) + torch.matmul(probs[..., length:], value)
+    return out.reshape(batch, 1, heads, head_dim)  # (B, H_kv, g, hd) -> (B, 1, H, hd): the same memory order
+
+
+def _one_query_fast_path(inner: str, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> bool:
+    """Whether a call can take :func:`one_query_attention`: SDPA's plain semantics (no dropout, bias,
+    soft-capping, sinks or paged cache), one query token, query heads a multiple of the key heads."""
+    return (
+        inner == "sdpa"
+        and query.shape[2] == 1
+        and query.shape[1] % key.shape[1] == 0
+        and not kwargs.get("dropout")
+        and all(kwargs.get(name) is None for name in ("position_bias", "softcap", "s_aux", "sinks", "cache"))
+    )
+
+
 def _eager_function(module: nn.Module) -> Callable:
     fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if fn is None:
@@ -68,6 +114,9 @@ def _make_attention(inner: str) -> Callable:
         if site is not None:
             method, j = site
             prefix_key, prefix_value = method.key_values(j)  # (H_kv, l, hd) each, or (B, H_kv, l, hd) gated
+            if _one_query_fast_path(inner, query, key, kwargs):
+                mask = None if attention_mask is None else attention_mask.to(query.device)
+                return one_query_attention(query, key, value, prefix_key, prefix_value, mask, kwargs.get("scaling")), None
             batch = key.shape[0]
             causal = kwargs.get("is_causal")
             causal = getattr(module, "is_causal", True) if causal is None else causal

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..errors import ConfigError
@@ -63,6 +64,7 @@ class MemoryBlock(nn.Module):
         self.query_norm = norm(slot_dim)  # LN2
         self.output_norm = norm(slot_dim)  # LN3
         self._constants = ConstantCache()  # K and V for inference
+        self._folded = ConstantCache()  # the folded products for inference
 
     def key_values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, V) = (M W_key, M W_value), each (k, s): input-independent, so computed once while gradients are
@@ -70,7 +72,35 @@ class MemoryBlock(nn.Module):
         sources = (self.memory, self.key.weight, self.key.bias, self.value.weight, self.value.bias)
         return self._constants.get(sources, lambda: (self.key(self.memory), self.value(self.memory)))
 
+    @property
+    def foldable(self) -> bool:
+        """No LayerNorm between W_query and K or between V and W_o: the products fold (``folded``)."""
+        return isinstance(self.query_norm, nn.Identity) and isinstance(self.output_norm, nn.Identity)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Eq. (8) with its input-independent products multiplied out, for inference:
+
+            scores = H (W_query^T K^T) + b_query K^T = H A^T + a,   A = K W_query: (k, d)
+            dH = softmax(scores) (V W_o^T) + b_o = softmax(scores) C^T + b_o,   C = W_o V^T: (d, k)
+
+        two matrix products per token instead of four. Computed once while gradients are off and the
+        weights unchanged (``ConstantCache``)."""
+        sources = (self.memory, self.query.weight, self.query.bias, self.key.weight, self.key.bias,
+                   self.value.weight, self.value.bias, self.out.weight)  # fmt: skip
+
+        def compute():
+            k, v = self.key(self.memory), self.value(self.memory)  # (k, s) each
+            score_weight = torch.matmul(k, self.query.weight) * self.scale  # (k, d)
+            score_bias = None if self.query.bias is None else torch.matmul(k, self.query.bias) * self.scale  # (k,)
+            return score_weight, score_bias, torch.matmul(self.out.weight, v.transpose(0, 1))  # C: (d, k)
+
+        return self._folded.get(sources, compute)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and self.foldable:  # inference fast path (tested equal to the plain one)
+            score_weight, score_bias, out_weight = self.folded()
+            scores = F.linear(self.input_norm(h), score_weight, score_bias)  # (..., n, k)
+            return F.linear(scores.softmax(dim=-1), out_weight, self.out.bias)  # dH: (..., n, d)
         q = self.query_norm(self.query(self.input_norm(h)))  # (..., n, s)
         k, v = self.key_values()  # (k, s) each
         scores = torch.matmul(q, k.transpose(0, 1))  # (..., n, k)
