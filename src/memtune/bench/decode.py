@@ -85,7 +85,8 @@ def decode_bench(
     results = {}
     for name in models:
         seconds, count = sum(times[name]), sum(tokens[name])
-        row = {"seconds": round(seconds, 3), "tokens": count, "ms_per_token": round(1000 * seconds / max(count, 1), 3)}
+        row = {"seconds": round(seconds, 3), "tokens": count, "ms_per_token": round(1000 * seconds / max(count, 1), 3),
+               "batch_seconds": [round(t, 3) for t in times[name]]}  # fmt: skip
         if name != BASELINE:
             r = ratio(times[BASELINE], times[name])
             row.update(ratio=round(r.value, 2), low=round(r.low, 2), high=round(r.high, 2))
