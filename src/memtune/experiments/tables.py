@@ -19,6 +19,7 @@ from ..methods.recipes import RECIPES
 DISPLAY = {
     "ft": "FT", "prefix": "Prefix", "mt-m": "MT-M", "adapter": "Adapter", "lora": "LoRA", "bitfit": "BitFit",
     "mam": "MAM", "unipelt": "UniPELT", "mt-f": "MT-F", "mt-mf": "MT-MF",
+    "mt-f-authors": "MT-F (authors)", "mt-mf-authors": "MT-MF (authors)",
 }  # fmt: skip
 ORDER = list(DISPLAY)  # the paper's row order
 

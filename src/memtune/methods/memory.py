@@ -20,6 +20,9 @@ from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_i
 from .constants import ConstantCache
 
 
+MEMORY_INITS = ("zero-out", "authors")
+
+
 class MemoryBlock(nn.Module):
     """One layer's memory: ``forward(h)`` returns dH of Eq. (8).
 
@@ -31,8 +34,13 @@ class MemoryBlock(nn.Module):
         layer_norms: the authors' code variant: LayerNorms on h, on Q and on the attention result.
         scale_scores: divide scores by sqrt(s) (Eq. 8 does not: footnote 2).
         init_std: std of the normal initialisation of the memory M (0.02 in the authors' code).
-
-    ``out`` (W_o) starts at zero, so a fresh block returns dH = 0: attaching it is an exact no-op.
+        layer_norm_eps: eps of the three LayerNorms (``layer_norms``): PyTorch's 1e-5 by default, the
+            authors' 1e-12 (BERT's) for their variant. At their initial weights the input of the last norm
+            has a variance near 1e-8, so the two values give very different dH.
+        init: ``"zero-out"`` (default): W_o starts at zero and W_query/W_key/W_value keep PyTorch's
+            default, so a fresh block returns dH = 0 and attaching it is an exact no-op.
+            ``"authors"``: all four projection weights drawn from N(0, 0.01), biases zero, as the
+            authors' code does: not a no-op at attach, but every parameter gets a gradient from step one.
     """
 
     def __init__(
@@ -45,8 +53,12 @@ class MemoryBlock(nn.Module):
         layer_norms: bool = False,
         scale_scores: bool = False,
         init_std: float = 0.02,
+        layer_norm_eps: float = 1e-5,
+        init: str = "zero-out",
     ):
         super().__init__()
+        if init not in MEMORY_INITS:
+            raise ConfigError(f"MemoryBlock init must be one of {', '.join(MEMORY_INITS)}, got {init!r}")
         positive_int(d_model, "d_model")
         positive_int(num_slots, "num_slots")
         positive_int(slot_dim, "slot_dim")
@@ -56,10 +68,15 @@ class MemoryBlock(nn.Module):
         self.key = nn.Linear(slot_dim, slot_dim, bias=bias)  # W_key: s -> s
         self.value = nn.Linear(slot_dim, slot_dim, bias=bias)  # W_value: s -> s
         self.out = nn.Linear(slot_dim, d_model, bias=bias)  # W_o: s -> d
-        nn.init.zeros_(self.out.weight)
-        if bias:
-            nn.init.zeros_(self.out.bias)
-        norm = nn.LayerNorm if layer_norms else (lambda _: nn.Identity())
+        projections = (self.query, self.key, self.value, self.out) if init == "authors" else (self.out,)
+        for linear in projections:
+            if init == "authors":
+                nn.init.normal_(linear.weight, 0.0, 0.01)
+            else:
+                nn.init.zeros_(linear.weight)
+            if bias:
+                nn.init.zeros_(linear.bias)
+        norm = (lambda n: nn.LayerNorm(n, eps=layer_norm_eps)) if layer_norms else (lambda _: nn.Identity())
         self.input_norm = norm(d_model)  # LN1 of the authors' code
         self.query_norm = norm(slot_dim)  # LN2
         self.output_norm = norm(slot_dim)  # LN3
@@ -137,6 +154,10 @@ class MemoryConfig(MethodConfig):
     layer_norms: bool = help_field(False, "Authors' code variant: three extra LayerNorms inside each block.")
     scale_scores: bool = help_field(False, "Scale scores by 1/sqrt(s) (Eq. 8 does not, footnote 2).")
     init_std: float = help_field(0.02, "Std of the normal initialisation of the memory slots.")
+    layer_norm_eps: float = help_field(1e-5, "Eps of the inner LayerNorms (layer_norms=True); the authors use 1e-12.")
+    init: str = help_field(
+        "zero-out", "'zero-out': W_o = 0, an exact no-op at attach; 'authors': all projections N(0, 0.01), zero biases."
+    )
     train_layer_norms: bool = help_field(
         False, "Also train every LayerNorm of the backbone, as the authors' code does (counted as tuned and stored)."
     )
@@ -147,6 +168,19 @@ class MemoryConfig(MethodConfig):
         positive_int(self.slot_dim, "MemoryConfig.slot_dim (s)")
         if not isinstance(self.init_std, (int, float)) or isinstance(self.init_std, bool) or self.init_std <= 0:
             raise ConfigError(f"MemoryConfig.init_std must be a positive number, got {self.init_std!r}")
+        eps = self.layer_norm_eps
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+            raise ConfigError(f"MemoryConfig.layer_norm_eps must be a number in (0, 1), got {eps!r}")
+        if self.init not in MEMORY_INITS:
+            raise ConfigError(f"MemoryConfig.init must be one of {', '.join(repr(i) for i in MEMORY_INITS)}, got {self.init!r}")
+
+    @classmethod
+    def authors(cls, **overrides: Any) -> "MemoryConfig":
+        """The authors' code in full (qiwang1996/Memory-Tuning): biases, three inner LayerNorms with eps
+        1e-12, all projections drawn from N(0, 0.01), every backbone LayerNorm trained. Any field can be
+        overridden, e.g. ``MemoryConfig.authors(slot_dim=16)``."""
+        settings = dict(bias=True, layer_norms=True, layer_norm_eps=1e-12, init="authors", train_layer_norms=True)
+        return cls(**{**settings, **overrides})
 
     def check_model(self, dims: Dims) -> None:
         super().check_model(dims)
@@ -176,6 +210,8 @@ class MemoryMethod(TunedMethod):
                     layer_norms=config.layer_norms,
                     scale_scores=config.scale_scores,
                     init_std=config.init_std,
+                    layer_norm_eps=config.layer_norm_eps,
+                    init=config.init,
                 )
                 for i in self.layer_indices
             }

@@ -86,6 +86,15 @@ RECIPES: dict[str, RecipeSpec] = {
         "prefix + memory: l = s = budget / 2, k = 50",
         lambda b: [PrefixConfig(prefix_length=_split(b)[0]), MemoryConfig(slot_dim=_split(b)[1])],
     ),
+    "mt-f-authors": RecipeSpec(
+        "mt-f as the authors' code computes it: MemoryConfig.authors() (biases, inner LayerNorms with eps 1e-12, "
+        "N(0, 0.01) projections, backbone LayerNorms trained): s = budget, k = 50",
+        lambda b: [MemoryConfig.authors(slot_dim=b)],
+    ),
+    "mt-mf-authors": RecipeSpec(
+        "mt-mf as the authors' code computes it: prefix with dropout 0.1 + MemoryConfig.authors(): l = s = budget / 2",
+        lambda b: [PrefixConfig(prefix_length=_split(b)[0], dropout=0.1), MemoryConfig.authors(slot_dim=_split(b)[1])],
+    ),
 }
 
 
