@@ -195,17 +195,18 @@ def test_not_a_transformers_model():
         memtune.detach(tiny_model("bert"))
 
 
-def test_unknown_architecture_names_supported_ones_and_the_way_out():
+def test_an_explicit_arch_spec_overrides_the_inferred_layout():
     from transformers import DistilBertConfig, DistilBertModel
 
     model = DistilBertModel(DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, hidden_dim=48))
-    with pytest.raises(memtune.ArchitectureError, match="does not know the architecture 'distilbert'.*bert.*ArchSpec"):
-        memtune.attach(model, memtune.recipe("mt-f", budget=8))
+    assert memtune.infer_arch(model).ffn_output == "ffn"  # inferred: no table entry needed
     spec = memtune.ArchSpec(
         layers="transformer.layer", ffn_output="ffn.dropout", self_attention="attention",
         ffn_input="ffn", query_proj="q_lin", value_proj="v_lin",
     )
     memtune.attach(model, memtune.recipe("mt-mf", budget=8), arch=spec)  # pointed at modules explicitly
+    assert memtune.tuning.state_of(model).arch is spec
+    assert len(model.transformer.layer[0].ffn.dropout._forward_hooks) == 1 and not model.transformer.layer[0].ffn._forward_hooks
     ids = torch.randint(0, 50, (2, 5))
     assert model(input_ids=ids).last_hidden_state.shape == (2, 5, 32)
 

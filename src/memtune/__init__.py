@@ -17,6 +17,7 @@ from .version import __version__
 _LAZY = {
     "ARCHITECTURES": ".arch",
     "ArchSpec": ".arch",
+    "infer_arch": ".arch",
     "register_architecture": ".arch",
     "load": ".io",
     "save": ".io",
@@ -53,7 +54,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .arch import ARCHITECTURES, ArchSpec, register_architecture
+    from .arch import ARCHITECTURES, ArchSpec, infer_arch, register_architecture
     from .io import load, save
     from .methods import (AdapterConfig, BitFitConfig, FullConfig, LoraConfig, MemoryBlock, MemoryConfig,
                           MethodConfig, PrefixConfig, Recipe, recipe)
@@ -83,6 +84,7 @@ __all__ = [
     "methods_of",
     "ArchSpec",
     "ARCHITECTURES",
+    "infer_arch",
     "register_architecture",
     "MemtuneError",
     "ConfigError",

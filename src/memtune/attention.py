@@ -130,6 +130,9 @@ def _make_attention(inner: str) -> Callable:
             )
             if attention_mask is not None:
                 attention_mask = attention_mask.to(query.device)
+            bias = kwargs.get("position_bias")  # T5's relative position bias (B|1, H, q, T): none for the prefix
+            if isinstance(bias, torch.Tensor) and bias.shape[-1] == key.shape[2]:
+                kwargs = {**kwargs, "position_bias": F.pad(bias, (prefix_key.shape[-2], 0))}
             key = torch.cat([prefix_key.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)  # (B, H_kv, l+T, hd)
             value = torch.cat([prefix_value.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
         fn = _eager_function(module) if inner == "eager" else ALL_ATTENTION_FUNCTIONS[inner]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..attention import install_interface_prefix, install_projection_prefix, use_prefix_attention
 from ..compat import cache_from, cached_length
-from ..errors import ConfigError, MemtuneError
+from ..errors import ArchitectureError, ConfigError, MemtuneError
 from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, probability, register_method
 from .constants import ConstantCache
 
@@ -49,6 +49,13 @@ class PrefixConfig(MethodConfig):
         probability(self.dropout, "PrefixConfig.dropout")
 
     def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "PrefixMethod":
+        if arch.prefix_seam == "none":
+            raise ArchitectureError(
+                f"{type(model).__name__}'s attention does not go through transformers' attention interface, so memtune "
+                f"has no seam to prepend a prefix (model_type {getattr(model.config, 'model_type', None)!r}). Memory "
+                f"(mt-f), adapters, LoRA and BitFit work on it; for a prefix, load a model whose attention uses the "
+                f"interface or give an ArchSpec with prefix_seam='projection' and its key_proj/value_proj."
+            )
         return PrefixMethod(self, dims)
 
 
