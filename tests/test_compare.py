@@ -151,6 +151,22 @@ def test_a_held_out_split_that_turns_up_is_not_mixed_with_runs_scored_without_it
 
 
 
+def test_valid_size_on_a_classification_task_scores_the_sample_it_predicts(capsys, tiny_model_dir, tmp_path):
+    """--valid-size on a sentence task: early stopping scores the sampled examples (it once compared them
+    with the whole validation set and failed)."""
+    data = tmp_path / "data"
+    (data / "cb").mkdir(parents=True)
+    lines = (FIXTURES / "cb" / "train.jsonl").read_text().splitlines()
+    (data / "cb" / "train.jsonl").write_text("\n".join(lines * 12) + "\n")  # 48 examples: a carve of 5
+    out = tmp_path / "sample"
+    code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "lora", "--seeds", "1", "--valid-size", "3",
+                           data=data)  # fmt: skip
+    assert code == 0, err
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["settings"]["valid_size"] == 3 and record["n_valid"] == 3
+    assert record["history"] and all(round(h["valid"] * 3) == h["valid"] * 3 for h in record["history"])  # k of 3 right
+
+
 @pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH: E2E's METEOR/ROUGE-L/CIDEr and WebNLG's METEOR need it")
 def test_generation_runs_train_on_targets_decode_score_every_metric_and_render_table7(capsys, tiny_lm_dir, tmp_path):
     out = tmp_path / "gen"

@@ -22,86 +22,9 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .metrics import metric as metric_fn
+from .settings import CPU_PROFILE, PROFILES, TrainSettings, settings_for  # noqa: F401 - re-exported
 
 IGNORE = -100  # label id the loss and the metrics skip (special tokens, later sub-tokens, padding)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Hyperparameters of one run (Table I's for the ``paper`` profile)."""
-
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    max_length: int
-    patience: int = 5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    eval_batch_size: int = 64
-    max_train_steps: int | None = None
-    valid_size: int | None = None  # early-stop on at most this many validation examples (a seed-0 sample, the same for every run)
-    optimizer: str = "adamw_torch"  # any TrainingArguments.optim value, e.g. "sgd"
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "max_length", "patience", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"training setting {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
-            raise ConfigError(f"training setting learning_rate must be a positive number, got {self.learning_rate!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise ConfigError(f"training setting weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"training setting warmup_ratio must be in [0, 1) (a fraction of the steps), got {self.warmup_ratio!r}")
-        from transformers.training_args import OptimizerNames
-
-        optimizers = [o.value for o in OptimizerNames]
-        if self.optimizer not in optimizers:
-            raise ConfigError(f"training setting optimizer {self.optimizer!r} is not one of transformers' {', '.join(optimizers)}")
-        for name in ("max_train_steps", "valid_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"training setting {name} must be a positive integer or None, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-PROFILES = ("paper", "cpu")
-CPU_PROFILE = dict(epochs=5, batch_size=16, max_length=128, patience=2, lr_factor=10.0)
-
-
-def settings_for(task: Any, recipe: Any, profile: str, large: bool = False, **overrides: Any) -> TrainSettings:
-    """The settings of ``profile`` for a task and recipe, then ``overrides`` (None values are ignored).
-
-    paper: Table I (epochs, input length, batch size of the BERT-base or -large row), lr 2e-5 for full
-        fine-tuning and 1e-4 otherwise, early stopping after 5 epochs without improvement.
-    cpu: at most 5 epochs, batch 16, inputs of at most 128 tokens, patience 2, and 10x the paper's
-        learning rate so that few epochs still move the small methods (a smoke-scale profile, not the paper's).
-    """
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown training profile {profile!r}; known profiles: {', '.join(PROFILES)}")
-    if profile == "paper":
-        values = dict(
-            epochs=task.epochs,
-            batch_size=task.batch_size_large if large else task.batch_size,
-            learning_rate=recipe.learning_rate,
-            max_length=task.max_length,
-        )
-    else:
-        values = dict(
-            epochs=min(task.epochs, CPU_PROFILE["epochs"]),
-            batch_size=CPU_PROFILE["batch_size"],
-            learning_rate=recipe.learning_rate * CPU_PROFILE["lr_factor"],
-            max_length=min(task.max_length, CPU_PROFILE["max_length"]),
-            patience=CPU_PROFILE["patience"],
-        )
-    known = {f.name for f in fields(TrainSettings)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown training setting(s) {unknown}; settings: {sorted(known)}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainSettings(**values)
 
 
 # --- encoding ----------------------------------------------------------------------------------------
@@ -296,7 +219,8 @@ def train_and_evaluate(
     task = data.task
     generation = task.kind == "generation"
     train = encode(data.train, tokenizer, task.kind, settings.max_length)
-    valid = encode(validation_examples(data, settings), tokenizer, task.kind, settings.max_length)
+    valid_examples = validation_examples(data, settings)
+    valid = encode(valid_examples, tokenizer, task.kind, settings.max_length)
     if generation:
         if not train or not valid:
             raise ConfigError(
@@ -334,7 +258,7 @@ def train_and_evaluate(
         average_tokens_across_devices=False,
         use_cpu=not torch.cuda.is_available(),  # lets accelerate run CPU processes under torchrun as DDP (gloo)
     )
-    examples = {"valid": data.valid, "eval": data.eval}
+    examples = {"valid": valid_examples, "eval": data.eval}  # what each evaluation's predictions are scored against
     current = {"split": "valid"}
 
     def compute_metrics(prediction) -> dict[str, float]:
