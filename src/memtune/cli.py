@@ -9,88 +9,10 @@ from typing import Any
 
 from .errors import MemtuneError
 from .models import HEAD_CLASSES, auto_class
+from .settings import flags as training_flags
 from .version import __version__
 
-# BERT dimensions as in the paper's Table II, to count parameters without any download.
-PAPER_CONFIGS: dict[str, dict[str, Any]] = {
-    "bert-base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "bert-large": dict(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-}
-
-
-def model_config(name: str):
-    """A transformers config for a Table II name, a packaged short name, a local path or a hub id."""
-    from transformers import BertConfig
-
-    if name.lower() in PAPER_CONFIGS:
-        return BertConfig(**PAPER_CONFIGS[name.lower()])
-    from .models import load_config
-
-    try:
-        return load_config(name)
-    except MemtuneError as e:
-        raise MemtuneError(f"{e} (Table II names: {', '.join(PAPER_CONFIGS)})") from None
-
-
-def meta_model(config, head: str, num_labels: int):
-    """The model built on the meta device: every parameter counted, no memory, no weights read."""
-    import torch
-
-    if head in ("seq", "token"):
-        config.num_labels = num_labels
-    with torch.device("meta"):
-        return auto_class(head).from_config(config)
-
-
 TABLE_II_METHODS = "ft,bitfit,adapter,lora,prefix,mam,mt-f,mt-mf"
-
-
-def _pct(count: int, backbone: int) -> float:
-    return 100.0 * count / backbone if backbone else 0.0
-
-
-def params_rows(model_name: str, methods: list[str], budget: int, head: str, num_labels: int) -> list[dict[str, Any]]:
-    """One row per method: measured counts and, where the paper has a formula, its value."""
-    from . import attach, detach, parameter_report, recipe
-    from .arch import arch_for, dims_of
-    from .methods.recipes import RECIPES
-    from .params import PAPER_PERCENTAGES, TABLE_II, paper_formula_values
-
-    recipes = [recipe(name, budget) for name in methods]  # unknown names fail before any model is built
-    config = model_config(model_name)
-    model = meta_model(config, head, num_labels)
-    dims = dims_of(model, arch_for(model))
-    positions = int(getattr(config, "max_position_embeddings", 0) or 0)
-    printed = PAPER_PERCENTAGES.get(model_name.lower(), {})
-    rows = []
-    for r in recipes:
-        attach(model, r)
-        report = parameter_report(model)
-        detach(model)
-        formula = paper_formula_values(r.name, dims.hidden, dims.layers, r.configs, dims.vocab, positions)
-        backbone = report["backbone"]
-        rows.append(
-            {
-                "model": model_name,
-                "method": r.name,
-                "budget": budget,
-                **{k: report[k] for k in ("backbone", "tuned", "stored", "head", "tuned_pct", "stored_pct")},
-                "per_method": report["methods"],
-                "paper_formula": None
-                if formula is None
-                else {
-                    "tuned": TABLE_II[r.name].tuned,
-                    "stored": TABLE_II[r.name].stored,
-                    "tuned_value": formula[0],
-                    "stored_value": formula[1],
-                    "tuned_pct": _pct(formula[0], backbone),
-                    "stored_pct": _pct(formula[1], backbone),
-                    "note": TABLE_II[r.name].note,
-                },
-                "paper_printed_pct": printed.get(r.name) if budget == 32 or not RECIPES[r.name].uses_budget else None,
-            }
-        )
-    return rows
 
 
 def _format_params(model_name: str, rows: list[dict[str, Any]]) -> str:
@@ -129,6 +51,8 @@ def _format_params(model_name: str, rows: list[dict[str, Any]]) -> str:
 def cmd_params(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    from .params import params_rows
+
     tables = [params_rows(model, methods, args.budget, args.head, args.num_labels) for model in models]
     if args.json:
         print(json.dumps([row for rows in tables for row in rows], indent=2))
@@ -170,12 +94,8 @@ DEFAULT_METHODS = "ft,bitfit,adapter,lora,prefix,mam,mt-f,mt-mf"
 def cmd_compare(args: argparse.Namespace) -> int:
     from .experiments import compare, write_reports
 
-    overrides = dict(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, max_length=args.max_length,
-        patience=args.patience, max_train_steps=args.max_steps, valid_size=args.valid_size, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, optimizer=args.optimizer, eval_batch_size=args.eval_batch_size,
-        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, decode_batch_size=args.decode_batch_size,
-    )  # fmt: skip
+    overrides = {name: getattr(args, flag[2:].replace("-", "_")) for name, flag, _, _ in training_flags()}
+    overrides.update(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, decode_batch_size=args.decode_batch_size)
     compare(
         args.model,
         _names(args.tasks),
@@ -290,19 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--profile", default="cpu", choices=["cpu", "paper"], help="training settings (default: cpu; paper = Table I)")
     c.add_argument("--out", default="results/compare", help="folder of results.jsonl and the tables (default: results/compare)")
     c.add_argument("--data-dir", default=None, help="data root holding the task folders (default: $MEMTUNE_DATA, then ../shared/data)")
-    c.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
-    c.add_argument("--batch-size", type=int, default=None, help="override the per-process batch size")
-    c.add_argument("--lr", type=float, default=None, help="override the learning rate (all methods)")
-    c.add_argument("--max-length", type=int, default=None, help="override the input length in tokens")
-    c.add_argument("--patience", type=int, default=None, help="override early-stopping patience (epochs)")
-    c.add_argument("--max-steps", type=int, default=None, help="stop each run after this many optimiser steps")
-    c.add_argument("--valid-size", type=int, default=None,
-                   help="early-stop on at most this many validation examples (a fixed sample, the same for every run; "
-                        "e.g. to keep E2E's 547-input dev set from dominating a CPU run)")
-    c.add_argument("--weight-decay", type=float, default=None, help="override the weight decay (default: 0)")
-    c.add_argument("--warmup-ratio", type=float, default=None, help="override the linear warm-up, a fraction of the steps (default: 0)")
-    c.add_argument("--optimizer", default=None, help="override the optimiser: a TrainingArguments.optim value (default: adamw_torch)")
-    c.add_argument("--eval-batch-size", type=int, default=None, help="override the evaluation batch size (default: 64)")
+    for _, flag, kind, text in training_flags():  # every TrainSettings field, as an override of the profile
+        c.add_argument(flag, type=kind, default=None, help=text)
     c.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks: tokens to generate at most (default: the task's, 30)")
     c.add_argument("--num-beams", type=int, default=None, help="generation tasks: beam search width (default: 1, greedy)")
     c.add_argument("--decode-batch-size", type=int, default=None,

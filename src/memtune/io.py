@@ -22,8 +22,7 @@ import torch.nn as nn
 
 from .arch import arch_for, dims_of
 from .errors import CheckpointError, MemtuneError
-from .methods.base import MethodConfig
-from .methods.recipes import Recipe
+from .methods.base import MethodConfig, Recipe
 from .params import parameter_report
 from .tuning import STATE_ATTR, attach, detach, identity_of, is_transformers_model, method_parameters, state_of
 from .version import FORMAT_VERSION, __version__

@@ -12,6 +12,9 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from .arch import arch_for, dims_of
+from .errors import MemtuneError
+from .models import auto_class
 from .tuning import STATE_ATTR, backbone_named_parameters, state_of
 
 
@@ -155,14 +158,7 @@ def formula_symbols(d: int, L: int, configs: list[Any], vocab: int = 0, position
     """Table II's symbols for a recipe's configs on a model of width d and depth L (V, n for full FT)."""
     values = {"d": d, "L": L, "l": 0, "r": 0, "s": 0, "k": 0, "m": d, "V": vocab, "n": positions}
     for config in configs:
-        if config.method == "prefix":
-            values.update(l=config.prefix_length, m=config.hidden or d)
-        elif config.method == "memory":
-            values.update(s=config.slot_dim, k=config.num_slots)
-        elif config.method == "adapter":
-            values.update(r=config.bottleneck)
-        elif config.method == "lora":
-            values.update(r=config.rank)
+        values.update(config.formula_symbols(d))
     return values
 
 
@@ -172,3 +168,77 @@ def paper_formula_values(
     """Table II's (tuned, stored) for a recipe's configs, if the table has a row for it."""
     row = TABLE_II.get(recipe_name)
     return None if row is None else row.evaluate(formula_symbols(d, L, configs, vocab, positions))
+
+
+# BERT dimensions as in the paper's Table II, to count parameters without any download.
+PAPER_CONFIGS: dict[str, dict[str, Any]] = {
+    "bert-base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-large": dict(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
+def model_config(name: str):
+    """A transformers config for a Table II name, a packaged short name, a local path or a hub id."""
+    from transformers import BertConfig
+
+    if name.lower() in PAPER_CONFIGS:
+        return BertConfig(**PAPER_CONFIGS[name.lower()])
+    from .models import load_config
+
+    try:
+        return load_config(name)
+    except MemtuneError as e:
+        raise MemtuneError(f"{e} (Table II names: {', '.join(PAPER_CONFIGS)})") from None
+
+
+def meta_model(config, head: str, num_labels: int):
+    """The model built on the meta device: every parameter counted, no memory, no weights read."""
+    import torch
+
+    if head in ("seq", "token"):
+        config.num_labels = num_labels
+    with torch.device("meta"):
+        return auto_class(head).from_config(config)
+
+
+def params_rows(model_name: str, methods: list[str], budget: int, head: str, num_labels: int) -> list[dict[str, Any]]:
+    """One row per method: measured counts and, where the paper has a formula, its value."""
+    from .methods.recipes import recipe
+    from .tuning import attach, detach
+    from .methods.recipes import RECIPES
+
+    recipes = [recipe(name, budget) for name in methods]  # unknown names fail before any model is built
+    config = model_config(model_name)
+    model = meta_model(config, head, num_labels)
+    dims = dims_of(model, arch_for(model))
+    positions = int(getattr(config, "max_position_embeddings", 0) or 0)
+    printed = PAPER_PERCENTAGES.get(model_name.lower(), {})
+    rows = []
+    for r in recipes:
+        attach(model, r)
+        report = parameter_report(model)
+        detach(model)
+        formula = paper_formula_values(r.name, dims.hidden, dims.layers, r.configs, dims.vocab, positions)
+        backbone = report["backbone"]
+        rows.append(
+            {
+                "model": model_name,
+                "method": r.name,
+                "budget": budget,
+                **{k: report[k] for k in ("backbone", "tuned", "stored", "head", "tuned_pct", "stored_pct")},
+                "per_method": report["methods"],
+                "paper_formula": None
+                if formula is None
+                else {
+                    "tuned": TABLE_II[r.name].tuned,
+                    "stored": TABLE_II[r.name].stored,
+                    "tuned_value": formula[0],
+                    "stored_value": formula[1],
+                    "tuned_pct": _pct(formula[0], backbone),
+                    "stored_pct": _pct(formula[1], backbone),
+                    "note": TABLE_II[r.name].note,
+                },
+                "paper_printed_pct": printed.get(r.name) if budget == 32 or not RECIPES[r.name].uses_budget else None,
+            }
+        )
+    return rows

@@ -14,8 +14,7 @@ import torch.nn as nn
 
 from .arch import ArchSpec, Dims, arch_for, dims_of
 from .errors import MemtuneError
-from .methods.base import HookHandles, MethodConfig, TunedMethod
-from .methods.recipes import Recipe
+from .methods.base import HookHandles, MethodConfig, Recipe, TunedMethod
 
 STATE_ATTR = "memtune"
 
@@ -205,8 +204,9 @@ def attach(
 def _claim_backbone(model: nn.Module, state: TuningState) -> None:
     """Which backbone parameters each method trains; two different methods may not claim one parameter."""
     owner: dict[str, str] = {}
+    backbone = list(backbone_named_parameters(model))
     for key, method in state.methods.items():
-        names = method.backbone_trainable(model)
+        names = method.backbone_trainable(model, backbone)
         for name in names:
             other = owner.setdefault(name, key)
             if other != key and state.methods[other].config.method != method.config.method:

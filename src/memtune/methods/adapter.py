@@ -101,6 +101,9 @@ class AdapterConfig(MethodConfig):
         if not isinstance(self.scale, (int, float)) or isinstance(self.scale, bool) or self.scale <= 0:
             raise ConfigError(f"AdapterConfig.scale must be a positive number, got {self.scale!r}")
 
+    def formula_symbols(self, hidden: int) -> dict[str, int]:
+        return {"r": self.bottleneck}
+
     def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "AdapterMethod":
         return AdapterMethod(self, dims)
 

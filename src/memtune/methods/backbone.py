@@ -36,10 +36,8 @@ class BackboneSubset(TunedMethod):
     def install(self, model: nn.Module, arch: ArchSpec, handles: HookHandles) -> None:
         self.arch = arch  # nothing to hook: training the backbone's own tensors changes no forward
 
-    def backbone_trainable(self, model: nn.Module) -> list[str]:
-        from ..tuning import backbone_named_parameters  # import here: tuning imports the methods
-
-        named = list(backbone_named_parameters(model))
+    def backbone_trainable(self, model: nn.Module, backbone: list[tuple[str, nn.Parameter]]) -> list[str]:
+        named = list(backbone)
         if self.layer_indices is not None:
             layers = blocks(model, self.arch)
             inside = {id(p) for i in self.layer_indices for p in layers[i].parameters()}

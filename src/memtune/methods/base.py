@@ -74,6 +74,10 @@ class MethodConfig:
     def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "TunedMethod":
         raise NotImplementedError
 
+    def formula_symbols(self, hidden: int) -> dict[str, int]:
+        """This config's values of the paper's Table II symbols (l, m, s, k, r) on a model of width ``hidden``."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
 
@@ -109,8 +113,9 @@ class TunedMethod(nn.Module):
         """The method's own parameters (registered here, or inside the model for LoRA), with stable names."""
         return self.named_parameters()
 
-    def backbone_trainable(self, model: nn.Module) -> list[str]:
-        """Names of backbone parameters this method trains besides its own (e.g. LayerNorms)."""
+    def backbone_trainable(self, model: nn.Module, backbone: list[tuple[str, nn.Parameter]]) -> list[str]:
+        """Names of backbone parameters this method trains besides its own (e.g. LayerNorms); ``backbone`` is
+        the pretrained model's own (name, parameter) pairs, named from ``model``."""
         return []
 
     def stored_state(self) -> dict[str, torch.Tensor]:
@@ -143,3 +148,21 @@ class HookHandles:
     def remove(self) -> None:
         while self._handles:
             self._handles.pop().remove()
+
+
+@dataclass
+class Recipe:
+    """A named, budgeted list of method configs; ``attach`` accepts it wherever it accepts configs.
+
+    ``learning_rate`` is the paper's setting for the method (2e-5 for full fine-tuning, 1e-4 otherwise)."""
+
+    name: str
+    budget: int
+    configs: list[MethodConfig] = field(default_factory=list)
+    learning_rate: float = 1e-4
+
+    def __iter__(self):
+        return iter(self.configs)
+
+    def __len__(self):
+        return len(self.configs)

@@ -111,6 +111,9 @@ class LoraConfig(MethodConfig):
             raise ConfigError(f"LoraConfig.targets must be a non-empty list from {ROLES}, got {self.targets!r}")
         self.targets = list(dict.fromkeys(targets))
 
+    def formula_symbols(self, hidden: int) -> dict[str, int]:
+        return {"r": self.rank}
+
     def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "LoraMethod":
         return LoraMethod(self, dims)
 

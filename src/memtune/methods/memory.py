@@ -190,6 +190,9 @@ class MemoryConfig(MethodConfig):
                 f"is a bottleneck (s <= d; the paper uses s = 16 or 32). Lower slot_dim."
             )
 
+    def formula_symbols(self, hidden: int) -> dict[str, int]:
+        return {"s": self.slot_dim, "k": self.num_slots}
+
     def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "MemoryMethod":
         return MemoryMethod(self, dims)
 
@@ -223,16 +226,11 @@ class MemoryMethod(TunedMethod):
             site = submodule(layers[i], arch.ffn_output, "the FFN output")
             handles.add(site.register_forward_hook(self.blocks[str(i)].update_ffn_output))
 
-    def backbone_trainable(self, model: nn.Module) -> list[str]:
+    def backbone_trainable(self, model: nn.Module, backbone: list[tuple[str, nn.Parameter]]) -> list[str]:
         if not self.config.train_layer_norms:
             return []
-        backbone = {id(m) for m in model.base_model.modules()}
-        return [
-            f"{module_name}.{param_name}"
-            for module_name, module in model.named_modules()
-            if id(module) in backbone and not module_name.startswith("memtune.") and _is_layer_norm(module)
-            for param_name, _ in module.named_parameters(recurse=False)
-        ]
+        norms = {id(p) for m in model.base_model.modules() if _is_layer_norm(m) for p in m.parameters(recurse=False)}
+        return [name for name, p in backbone if id(p) in norms]
 
 
 def _is_layer_norm(module: nn.Module) -> bool:

@@ -48,6 +48,9 @@ class PrefixConfig(MethodConfig):
             positive_int(self.hidden, "PrefixConfig.hidden (m)")
         probability(self.dropout, "PrefixConfig.dropout")
 
+    def formula_symbols(self, hidden: int) -> dict[str, int]:
+        return {"l": self.prefix_length, "m": self.hidden or hidden}
+
     def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "PrefixMethod":
         if arch.prefix_seam == "none":
             raise ArchitectureError(

@@ -10,30 +10,12 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..errors import ConfigError
-from .base import MethodConfig, positive_int
+from .base import MethodConfig, Recipe, positive_int
 from .adapter import AdapterConfig
 from .backbone import BitFitConfig, FullConfig
 from .lora import LoraConfig
 from .memory import MemoryConfig
 from .prefix import PrefixConfig
-
-
-@dataclass
-class Recipe:
-    """A named, budgeted list of method configs; ``attach`` accepts it wherever it accepts configs.
-
-    ``learning_rate`` is the paper's setting for the method (2e-5 for full fine-tuning, 1e-4 otherwise)."""
-
-    name: str
-    budget: int
-    configs: list[MethodConfig] = field(default_factory=list)
-    learning_rate: float = 1e-4
-
-    def __iter__(self):
-        return iter(self.configs)
-
-    def __len__(self):
-        return len(self.configs)
 
 
 def _split(budget: int, what: str = "a composite recipe splits its budget in two") -> tuple[int, int]:
@@ -64,6 +46,7 @@ def _unipelt(budget: int) -> list[MethodConfig]:
 
 @dataclass(frozen=True)
 class RecipeSpec:
+    display: str  # the name tables print
     help: str
     build: Callable[[int], list[MethodConfig]]
     learning_rate: float = 1e-4
@@ -71,27 +54,31 @@ class RecipeSpec:
 
 
 RECIPES: dict[str, RecipeSpec] = {
-    "ft": RecipeSpec("full fine-tuning: every backbone parameter (budget unused)", lambda b: [FullConfig()], 2e-5, False),
-    "bitfit": RecipeSpec("BitFit: every bias of the backbone (budget unused)", lambda b: [BitFitConfig()], 1e-4, False),
+    "ft": RecipeSpec("FT", "full fine-tuning: every backbone parameter (budget unused)", lambda b: [FullConfig()], 2e-5, False),
+    "bitfit": RecipeSpec("BitFit", "BitFit: every bias of the backbone (budget unused)", lambda b: [BitFitConfig()], 1e-4, False),
     "adapter": RecipeSpec(
+        "Adapter",
         "Pfeiffer adapter on every FFN output, ReLU, residual: r = budget", lambda b: [AdapterConfig(bottleneck=b)]
     ),
-    "lora": RecipeSpec("LoRA (peft) on query and value: r = budget / 2", lambda b: [LoraConfig(rank=_split(b, "lora's rank is budget / 2")[0])]),
-    "prefix": RecipeSpec("P-tuning v2 prefix (same as mt-m): l = budget, m = d", lambda b: [PrefixConfig(prefix_length=b)]),
-    "mam": RecipeSpec("MAM: prefix + scaled parallel adapter (s = 4): l + r = budget, l = r up to 32, else l = 8, r = budget", _mam),
-    "unipelt": RecipeSpec("UniPELT: gated prefix + adapter + LoRA: l, r, r_LoRA = 10, 16, 8 x budget / 32", _unipelt),
-    "mt-f": RecipeSpec("memory on every FFN output: s = budget, k = 50", lambda b: [MemoryConfig(slot_dim=b)]),
-    "mt-m": RecipeSpec("prefix tuning as memory on attention: l = budget, m = d", lambda b: [PrefixConfig(prefix_length=b)]),
+    "lora": RecipeSpec("LoRA", "LoRA (peft) on query and value: r = budget / 2", lambda b: [LoraConfig(rank=_split(b, "lora's rank is budget / 2")[0])]),
+    "prefix": RecipeSpec("Prefix", "P-tuning v2 prefix (same as mt-m): l = budget, m = d", lambda b: [PrefixConfig(prefix_length=b)]),
+    "mam": RecipeSpec("MAM", "MAM: prefix + scaled parallel adapter (s = 4): l + r = budget, l = r up to 32, else l = 8, r = budget", _mam),
+    "unipelt": RecipeSpec("UniPELT", "UniPELT: gated prefix + adapter + LoRA: l, r, r_LoRA = 10, 16, 8 x budget / 32", _unipelt),
+    "mt-f": RecipeSpec("MT-F", "memory on every FFN output: s = budget, k = 50", lambda b: [MemoryConfig(slot_dim=b)]),
+    "mt-m": RecipeSpec("MT-M", "prefix tuning as memory on attention: l = budget, m = d", lambda b: [PrefixConfig(prefix_length=b)]),
     "mt-mf": RecipeSpec(
+        "MT-MF",
         "prefix + memory: l = s = budget / 2, k = 50",
         lambda b: [PrefixConfig(prefix_length=_split(b)[0]), MemoryConfig(slot_dim=_split(b)[1])],
     ),
     "mt-f-authors": RecipeSpec(
+        "MT-F (authors)",
         "mt-f as the authors' code computes it: MemoryConfig.authors() (biases, inner LayerNorms with eps 1e-12, "
         "N(0, 0.01) projections, backbone LayerNorms trained): s = budget, k = 50",
         lambda b: [MemoryConfig.authors(slot_dim=b)],
     ),
     "mt-mf-authors": RecipeSpec(
+        "MT-MF (authors)",
         "mt-mf as the authors' code computes it: prefix with dropout 0.1 + MemoryConfig.authors(): l = s = budget / 2",
         lambda b: [PrefixConfig(prefix_length=_split(b)[0], dropout=0.1), MemoryConfig.authors(slot_dim=_split(b)[1])],
     ),
