@@ -121,6 +121,21 @@ def test_plan_runs_budget_free_methods_once_at_the_main_budget():
     assert [(r.method, r.budget) for r in runs] == [("lora", 8), ("ft", 32), ("lora", 32), ("lora", 64)]
 
 
+def test_a_comparison_resolves_each_recipe_once_and_records_its_config_as_before():
+    from memtune.experiments import Comparison
+
+    comparison = Comparison.of("minilm", "cpu", None, {"epochs": 2, "lr": None, "decode_batch_size": 4},
+                               shift_prefix_positions=True)  # fmt: skip
+    assert comparison.training == (("epochs", 2),) and comparison.decoding == (("batch_size", 4),)
+    assert comparison.record_config() == {"model": "minilm", "profile": "cpu", "overrides": {"epochs": 2, "decode_batch_size": 4},
+                                          "shift_prefix_positions": True}  # fmt: skip
+    runs = plan(["rte", "cb"], ["mt-mf"], [0, 1], [32], [None], resolve=comparison.recipe)
+    assert len({id(r.recipe) for r in runs}) == 1  # one Recipe object shared by the four runs
+    assert runs[0].recipe.configs[0].shift_positions is True and runs == plan(["rte", "cb"], ["mt-mf"], [0, 1], [32], [None])
+    with pytest.raises(ConfigError):
+        Comparison.of("minilm", overrides={"num_beams": 0})  # decoding values checked before any run
+
+
 def test_marks_follow_the_printed_values():
     close = [record("rte", "ft", 0, 85.34), record("rte", "lora", 0, 85.26), record("rte", "adapter", 0, 80.0)]
     text = markdown_table(summarize(close))

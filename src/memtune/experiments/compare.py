@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -28,12 +28,58 @@ TASK_HEADS = {"sentence": "seq", "token": "token", "generation": "lm"}  # task k
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """What every run of one comparison shares, fixed once: the model, the training profile and its
+    overrides, the decoding overrides (generation tasks), the data root and whether prefixes shift the
+    real tokens' positions (P-tuning v2's behaviour)."""
+
+    model: str
+    profile: str = "cpu"
+    data_dir: str | None = None
+    training: tuple[tuple[str, Any], ...] = ()  # TrainSettings overrides, as sorted (name, value) pairs
+    decoding: tuple[tuple[str, Any], ...] = ()  # DecodingConfig overrides
+    shift_prefix_positions: bool = False
+
+    @classmethod
+    def of(cls, model: str, profile: str = "cpu", data_dir: str | None = None, overrides: dict[str, Any] | None = None,
+           shift_prefix_positions: bool = False) -> "Comparison":  # fmt: skip
+        """From the command's overrides (None values dropped; decoding ones checked here, before any run)."""
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        decoding = {name: overrides[k] for k, name in DECODING_OVERRIDES.items() if k in overrides}
+        if decoding:
+            _decoding_config(30, decoding)  # bad values fail before any run
+        training = {k: v for k, v in overrides.items() if k not in DECODING_OVERRIDES}
+        return cls(model, profile, data_dir, tuple(sorted(training.items())), tuple(sorted(decoding.items())),
+                   shift_prefix_positions)  # fmt: skip
+
+    def recipe(self, method: str, budget: int) -> Any:
+        from .. import recipe
+
+        return recipe(method, budget, shift_prefix_positions=self.shift_prefix_positions)
+
+    def settings(self, task: Any, recipe: Any, large: bool = False) -> Any:
+        from ..train import settings_for
+
+        return settings_for(task, recipe, self.profile, large=large, **dict(self.training))
+
+    def record_config(self) -> dict[str, Any]:
+        """What each record stores as its ``config`` (and a resumed comparison must match)."""
+        inverse = {name: k for k, name in DECODING_OVERRIDES.items()}
+        overrides = {**dict(self.training), **{inverse[k]: v for k, v in self.decoding}}
+        config = {"model": self.model, "profile": self.profile, "overrides": overrides}
+        if self.shift_prefix_positions:  # only when set, so that results files written before the option still match
+            config["shift_prefix_positions"] = True
+        return config
+
+
+@dataclass(frozen=True)
 class RunSpec:
     task: str
     method: str
     seed: int
     budget: int
     train_size: int | None = None
+    recipe: Any = field(default=None, compare=False, hash=False, repr=False)  # the resolved Recipe, when planned with one
 
     @property
     def key(self) -> tuple:
@@ -51,13 +97,16 @@ def plan(
     budgets: list[int],
     train_sizes: list[int | None],
     budget_free: Iterable[str] = (),
+    resolve: Callable[[str, int], Any] | None = None,
 ) -> list[RunSpec]:
     """Every run, task-major so that each task's table fills up first; each run once.
 
-    Methods in ``budget_free`` (FT, BitFit: the budget changes nothing) run at the main budget only."""
+    Methods in ``budget_free`` (FT, BitFit: the budget changes nothing) run at the main budget only.
+    ``resolve(method, budget)`` gives each run its recipe (``Comparison.recipe``), resolved once."""
     budget_free, main = set(budget_free), main_budget(budgets)
+    recipes = {(m, b): resolve(m, b) for m in methods for b in budgets} if resolve else {}
     runs = [
-        RunSpec(task, method, seed, budget, size)
+        RunSpec(task, method, seed, budget, size, recipes.get((method, budget)))
         for task in tasks
         for size in train_sizes
         for budget in budgets
@@ -99,38 +148,31 @@ def load_for_task(model_name: str, task: Any) -> tuple[Any, Any]:
 
 def run_one(
     spec: RunSpec,
-    model_name: str,
-    profile: str,
-    overrides: dict[str, Any],
-    data_dir: str | None,
+    comparison: Comparison,
     callbacks: list[Any] = (),
-    shift_prefix_positions: bool = False,
     out: Path | None = None,
-    decoding: dict[str, Any] | None = None,
     bars: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one run; the record to append. A generation run also writes its generations to
     ``<out>/generations/`` (input, prediction, references; one JSON object per line), named in the record.
 
-    ``decoding``: DecodingConfig fields (max_new_tokens, num_beams, batch_size) over the task's defaults;
     ``bars``: a bar over the decoding batches (on a terminal; never in a log file)."""
     from transformers import set_seed
 
-    from .. import attach, parameter_report, recipe
+    from .. import attach, parameter_report
     from ..tasks import get_task, load_task
-    from ..train import settings_for, train_and_evaluate, validation_examples
+    from ..train import train_and_evaluate, validation_examples
 
     task = get_task(spec.task)
-    data = load_task(spec.task, data_dir, seed=0, train_size=spec.train_size, sample_seed=spec.seed)
+    data = load_task(spec.task, comparison.data_dir, seed=0, train_size=spec.train_size, sample_seed=spec.seed)
     set_seed(spec.seed)  # before the model: the head's and the methods' initialisation follow the seed
-    model, tokenizer = load_for_task(model_name, task)
-    method = recipe(spec.method, spec.budget, shift_prefix_positions=shift_prefix_positions)
+    model, tokenizer = load_for_task(comparison.model, task)
+    method = spec.recipe or comparison.recipe(spec.method, spec.budget)
     attach(model, method)
     report = parameter_report(model)
-    large = model.config.hidden_size >= 1024
-    settings = settings_for(task, method, profile, large=large, **overrides)
+    settings = comparison.settings(task, method, large=model.config.hidden_size >= 1024)
     generation = task.kind == "generation"
-    decoder = _decoding_config(task.max_new_tokens, decoding) if generation else None
+    decoder = _decoding_config(task.max_new_tokens, dict(comparison.decoding)) if generation else None
     with tempfile.TemporaryDirectory(prefix="memtune-trainer-") as scratch:
         result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, callbacks=callbacks,
                                     decoding=decoder, progress=bars)  # fmt: skip
@@ -198,40 +240,29 @@ def write_generations(out: Path, spec: RunSpec, data: Any, predictions: list[str
     return name
 
 
-def validate(
-    model_name: str,
-    tasks: list[str],
-    methods: list[str],
-    budgets: list[int],
-    train_sizes: list[int | None],
-    profile: str,
-    data_dir: str | None,
-    overrides: dict[str, Any],
-    shift_prefix_positions: bool = False,
-) -> dict[str, tuple[str, str]]:
-    """Fail before any training on bad names or settings, a model that cannot be found, missing data or a
+def validate(comparison: Comparison, runs: list[RunSpec]) -> dict[str, tuple[str, str]]:
+    """Fail before any training on bad settings, a model that cannot be found, missing data or a
     training-set size the data cannot give. Returns each task's (scored split, validation split)."""
-    from .. import recipe
     from ..models import load_config
     from ..tasks import get_task, load_task
     from ..tasks.data import sample
-    from ..train import settings_for
 
+    tasks = list(dict.fromkeys(run.task for run in runs))
     task_specs = [get_task(task) for task in tasks]
     for task in task_specs:
         if task.kind == "generation":
             from ..metrics import check_generation_metrics
 
             check_generation_metrics(tuple(task.metric), task=task.name)  # no training that could not be scored
-    recipes = [recipe(method, budget) for method in methods for budget in budgets]
-    settings = [(task, r, settings_for(task, r, profile, **overrides)) for task in task_specs for r in recipes]
-    config = load_config(model_name)
-    if shift_prefix_positions:
-        _check_shifted_lengths(config, model_name, settings)
+    recipes = list({(run.method, run.budget): run.recipe for run in runs}.values())
+    settings = [(task, r, comparison.settings(task, r)) for task in task_specs for r in recipes]
+    config = load_config(comparison.model)
+    if comparison.shift_prefix_positions:
+        _check_shifted_lengths(config, comparison.model, settings)
     splits = {}
     for task in tasks:
-        data = load_task(task, data_dir, seed=0)
-        for size in train_sizes:
+        data = load_task(task, comparison.data_dir, seed=0)
+        for size in dict.fromkeys(run.train_size for run in runs if run.task == task):
             if size is not None:
                 sample(data.train, size, seed=0)  # refuses a size the training set cannot give
         splits[task] = (data.eval_source, data.valid_source)
@@ -286,25 +317,17 @@ def compare(
 
     tasks = list(dict.fromkeys(tasks))
     methods = list(dict.fromkeys(recipe(m).name for m in methods))  # canonical names: one key per run
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    decoding = {field: overrides[k] for k, field in DECODING_OVERRIDES.items() if k in overrides}  # generation tasks only
-    training = {k: v for k, v in overrides.items() if k not in DECODING_OVERRIDES}
-    if decoding:
-        _decoding_config(30, decoding)  # bad values fail before any run
-    splits = validate(
-        model_name, tasks, methods, list(budgets), list(train_sizes), profile, data_dir, training, shift_prefix_positions
-    )
-    config = {"model": model_name, "profile": profile, "overrides": overrides}
-    if shift_prefix_positions:  # only when set, so that results files written before the option still match
-        config["shift_prefix_positions"] = True
+    comparison = Comparison.of(model_name, profile, data_dir, overrides, shift_prefix_positions)
+    budget_free = [m for m in methods if not RECIPES[m].uses_budget]
+    runs = plan(tasks, methods, seeds, list(budgets), list(train_sizes), budget_free, resolve=comparison.recipe)
+    splits = validate(comparison, runs)
+    config = comparison.record_config()
     path = Path(out) / RESULTS_FILE
     records = read_results(path)
     check_config(records, config, path)
     for task, (eval_source, valid_source) in splits.items():
         check_splits(records, task, eval_source, valid_source, path)
     done = {run_key(r) for r in records}
-    budget_free = [m for m in methods if not RECIPES[m].uses_budget]
-    runs = plan(tasks, methods, seeds, list(budgets), list(train_sizes), budget_free)
     todo = [r for r in runs if r.key not in done]
     if not is_main_process():  # under torchrun every process trains; one reports
         log = lambda message: None  # noqa: E731
@@ -315,8 +338,7 @@ def compare(
         for n, spec in enumerate(todo, start=1):
             label = f"[{n}/{len(todo)}] {spec}"
             run = display.start(label, spec.method)
-            record = run_one(spec, model_name, profile, training, data_dir, [run.callback()], shift_prefix_positions,
-                             out=Path(out), decoding=decoding, bars=display.bars)  # fmt: skip
+            record = run_one(spec, comparison, [run.callback()], out=Path(out), bars=display.bars)
             record["config"] = config
             if is_main_process():
                 append_result(path, record)
