@@ -41,6 +41,7 @@ def compare(capsys, model, out, *extra, data=FIXTURES):
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_compare_writes_records_resumes_and_renders_tables(capsys, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     code, text, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb,conll2004", "--methods", "lora,mt-mf", "--seeds", "1")
@@ -100,6 +101,7 @@ def test_compare_bad_input_exits_2_before_training(capsys, tmp_path, argv, messa
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_budget_sweep_and_low_data_give_fig2_and_table5(capsys, tiny_model_dir, tmp_path):
     out = tmp_path / "sweep"
     code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "conll2004", "--methods", "lora,mt-mf", "--seeds", "1",
@@ -167,6 +169,7 @@ def test_valid_size_on_a_classification_task_scores_the_sample_it_predicts(capsy
     assert record["history"] and all(round(h["valid"] * 3) == h["valid"] * 3 for h in record["history"])  # k of 3 right
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH: E2E's METEOR/ROUGE-L/CIDEr and WebNLG's METEOR need it")
 def test_generation_runs_train_on_targets_decode_score_every_metric_and_render_table7(capsys, tiny_lm_dir, tmp_path):
     out = tmp_path / "gen"

@@ -4,7 +4,7 @@ import torch
 
 import memtune
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SENTENCES = [
     ("a charming and often affecting journey", 1),

@@ -311,6 +311,7 @@ def test_minilm_loads_from_its_package_folder(throwaway_cache):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_mpnet_base_unzips_once_into_the_cache(throwaway_cache):
     require("mpnet-base")
     from transformers import AutoConfig
@@ -326,6 +327,7 @@ def test_mpnet_base_unzips_once_into_the_cache(throwaway_cache):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_smollm2_gguf_converts_to_a_plain_folder_with_tokenizer(throwaway_cache):
     require("smollm2-135m")
     if not models._has_module("gguf"):

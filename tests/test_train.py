@@ -118,6 +118,7 @@ def test_best_trainable_restores_the_best_epoch_and_stops_after_patience():
     assert best.best_epoch == 1 and torch.equal(model.weight, torch.ones(1, 2))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 @pytest.mark.parametrize("optimizer,tolerance", [("sgd", 1e-7), ("adamw_torch", 1e-5)])
 def test_two_ddp_processes_train_like_one_with_the_same_global_batch(tmp_path, optimizer, tolerance):
