@@ -1,5 +1,6 @@
 """attach / detach: trainability, restoration, devices and dtypes, checkpointing, composition and bad input."""
 import copy
+import re
 
 import pytest
 import torch
@@ -252,3 +253,49 @@ def test_layer_norms_trained_by_two_configs_are_counted_once():
     )
     report = memtune.parameter_report(model)
     assert report["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _config_fields():
+    import dataclasses
+    import typing
+
+    from memtune.methods import METHODS
+
+    for cls in METHODS.values():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (bool, float, int, str):
+                yield pytest.param(cls, f.name, hints[f.name], id=f"{cls.__name__}.{f.name}")
+
+
+BAD_VALUES = {
+    bool: ["no", 1, 0, None, "False"],
+    float: [float("nan"), float("inf"), float("-inf"), "1", None, True],
+    int: [2.5, "3", None, True],
+    str: [1, None, ["relu"]],
+}
+
+
+@pytest.mark.parametrize("cls,name,kind", list(_config_fields()))
+def test_every_config_field_refuses_values_of_the_wrong_kind(cls, name, kind):
+    """On/off flags take only True/False (``bias='no'`` once switched biases on), numbers only finite numbers."""
+    for value in BAD_VALUES[kind]:
+        with pytest.raises(memtune.ConfigError, match=rf"{cls.__name__}\.{name}\b.*{re.escape(repr(value))}"):
+            cls(**{name: value})
+
+
+def test_training_settings_refuse_non_finite_numbers():
+    from memtune.settings import TrainSettings
+
+    base = dict(epochs=1, batch_size=1, learning_rate=1e-3, max_length=8)
+    for name, value in [("learning_rate", float("inf")), ("learning_rate", float("nan")), ("weight_decay", float("nan")),
+                        ("weight_decay", float("inf")), ("warmup_ratio", float("nan"))]:  # fmt: skip
+        with pytest.raises(memtune.ConfigError, match=name):
+            TrainSettings(**{**base, name: value})
+
+
+def test_lora_targets_and_adapter_activation_of_the_wrong_type_get_messages():
+    with pytest.raises(memtune.ConfigError, match="LoraConfig.targets must be a non-empty list"):
+        memtune.LoraConfig(targets=7)
+    with pytest.raises(memtune.ConfigError, match="AdapterConfig.activation must be a string"):
+        memtune.AdapterConfig(activation=[1])

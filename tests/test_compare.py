@@ -101,6 +101,21 @@ def test_compare_bad_input_exits_2_before_training(capsys, tmp_path, argv, messa
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
+def test_a_bad_out_folder_is_refused_before_any_run_trains(capsys, tiny_model_dir, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-file", tmp_path / "a-file" / "under"):
+        code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "lora", "--seeds", "1")
+        assert code == 2 and "is a file or lies under a file" in err and "Traceback" not in err
+    import tempfile
+
+    def unwritable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", unwritable)  # root ignores chmod, so the refusal is simulated
+    code, _, err = compare(capsys, tiny_model_dir, tmp_path / "ro", "--tasks", "cb", "--methods", "lora", "--seeds", "1")
+    assert code == 2 and "cannot be written (Permission denied)" in err and not (tmp_path / "ro" / "results.jsonl").exists()
+
+
 @pytest.mark.slow
 def test_budget_sweep_and_low_data_give_fig2_and_table5(capsys, tiny_model_dir, tmp_path):
     out = tmp_path / "sweep"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -212,13 +213,27 @@ def test_explicit_dir_beats_env_and_env_beats_shared(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMTUNE_DATA", str(env))
     assert load_task("rte", explicit).train[0].text == "from explicit"
     assert load_task("rte").train[0].text == "from env"
+    (tmp_path / "empty").mkdir()
     fallen = load_task("rte", tmp_path / "empty")  # an explicit dir without the task falls through, with a note
     assert fallen.root == str(env) and any(str(tmp_path / "empty") in n for n in fallen.notes)
+
+
+def test_a_data_dir_typo_is_refused_instead_of_falling_back(tmp_path, monkeypatch):
+    """A --data-dir or $MEMTUNE_DATA that is missing or a file is an error, never a silent switch to other data."""
+    (tmp_path / "a-file").write_text("x")
+    for given, what in ((tmp_path / "no-such-folder", "does not exist"), (tmp_path / "a-file", "is a file")):
+        with pytest.raises(ConfigError, match=rf"--data-dir {re.escape(str(given))} {what}"):
+            load_task("rte", given)
+        monkeypatch.setenv("MEMTUNE_DATA", str(given))
+        with pytest.raises(ConfigError, match=rf"\$MEMTUNE_DATA {re.escape(str(given))} {what}"):
+            load_task("rte")
+        monkeypatch.delenv("MEMTUNE_DATA")
 
 
 def test_not_found_message_lists_every_place(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMTUNE_DATA", str(tmp_path / "env"))
     (tmp_path / "env").mkdir()
+    (tmp_path / "mine").mkdir()
     monkeypatch.setattr(task_data, "shared_data_dir", lambda: tmp_path / "shared" / "data")
     with pytest.raises(ConfigError) as err:
         load_task("rte", tmp_path / "mine")

@@ -6,10 +6,15 @@ as an override.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _flag(kind: type, help: str, *, default: Any = MISSING, flag: str | None = None) -> Any:  # noqa: A002
@@ -42,11 +47,11 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"training setting {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
-            raise ConfigError(f"training setting learning_rate must be a positive number, got {self.learning_rate!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise ConfigError(f"training setting weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
+        if not _finite(self.learning_rate) or not self.learning_rate > 0:
+            raise ConfigError(f"training setting learning_rate must be a positive finite number, got {self.learning_rate!r}")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"training setting weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not _finite(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"training setting warmup_ratio must be in [0, 1) (a fraction of the steps), got {self.warmup_ratio!r}")
         from transformers.training_args import OptimizerNames
 

@@ -294,6 +294,22 @@ def _check_shifted_lengths(config: Any, model_name: str, settings: list[tuple[An
                 )
 
 
+def check_out(out: Path) -> None:
+    """The results folder must exist (or be creatable) and take files before any run trains: a bad --out
+    found after the first run would lose that run."""
+    problem = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        problem = "is a file or lies under a file"
+    except OSError as e:  # PermissionError, a read-only file system, ...
+        problem = f"cannot be written ({e.strerror or e})"
+    if problem:
+        raise ConfigError(f"--out {out} {problem}; give a folder memtune can write to")
+
+
 def compare(
     model_name: str,
     tasks: list[str],
@@ -321,6 +337,7 @@ def compare(
     budget_free = [m for m in methods if not RECIPES[m].uses_budget]
     runs = plan(tasks, methods, seeds, list(budgets), list(train_sizes), budget_free, resolve=comparison.recipe)
     splits = validate(comparison, runs)
+    check_out(Path(out))
     config = comparison.record_config()
     path = Path(out) / RESULTS_FILE
     records = read_results(path)

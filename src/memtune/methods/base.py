@@ -37,6 +37,27 @@ def probability(value: Any, name: str) -> None:
         raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
 
 
+def check_field_types(config: Any) -> None:
+    """Refuse values of the wrong kind before anything reads them: an on/off field that is not True or False
+    (``bias='no'`` would switch biases on), a number field that is not a finite number (nan, inf, '1'),
+    a text field that is not a string. Field kinds come from the dataclass annotations."""
+    import math
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    name = type(config).__name__
+    for f in dataclasses.fields(config):
+        kind, value = hints.get(f.name), getattr(config, f.name)
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{name}.{f.name} must be True or False, got {value!r}")
+        if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
+            raise ConfigError(f"{name}.{f.name} must be a finite number, got {value!r}")
+        if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{name}.{f.name} must be an integer, got {value!r}")
+        if kind is str and not isinstance(value, str):
+            raise ConfigError(f"{name}.{f.name} must be a string, got {value!r}")
+
+
 def help_field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
     return field(default=default, metadata={"help": help})
 
@@ -49,6 +70,7 @@ class MethodConfig:
     layers: list[int] | None = help_field(None, "Indices of the transformer layers to tune; None = every layer.")
 
     def __post_init__(self):
+        check_field_types(self)
         if self.layers is not None:
             if not isinstance(self.layers, (list, tuple)) or not self.layers:
                 raise ConfigError(f"layers must be a non-empty list of layer indices or None, got {self.layers!r}")

@@ -105,7 +105,9 @@ class LoraConfig(MethodConfig):
         probability(self.dropout, "LoraConfig.dropout")
         if not isinstance(self.scaling, (int, float)) or isinstance(self.scaling, bool) or self.scaling <= 0:
             raise ConfigError(f"LoraConfig.scaling must be a positive number, got {self.scaling!r}")
-        targets = [self.targets] if isinstance(self.targets, str) else list(self.targets or [])
+        if not isinstance(self.targets, (str, list, tuple)):
+            raise ConfigError(f"LoraConfig.targets must be a non-empty list from {ROLES}, got {self.targets!r}")
+        targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
         bad = [t for t in targets if t not in ROLES]
         if not targets or bad:
             raise ConfigError(f"LoraConfig.targets must be a non-empty list from {ROLES}, got {self.targets!r}")

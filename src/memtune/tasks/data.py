@@ -57,6 +57,10 @@ def shared_data_dir() -> Path | None:
 def _candidates(data_dir: str | os.PathLike | None) -> list[tuple[str, Path | None, str]]:
     """(name, root or None, why None) for each place a data root may come from, in order."""
     env = os.environ.get(ENV_VAR)
+    for label, given in (("--data-dir", data_dir), (f"${ENV_VAR}", env)):
+        if given and not Path(given).is_dir():  # a typo must not fall back to other data
+            what = "is a file" if Path(given).exists() else "does not exist"
+            raise ConfigError(f"{label} {given} {what}; give the folder that holds the task folders (e.g. ../shared/data)")
     return [
         ("--data-dir", Path(data_dir) if data_dir else None, "not given"),
         (f"${ENV_VAR}", Path(env) if env else None, "not set"),
