@@ -299,3 +299,29 @@ def test_lora_targets_and_adapter_activation_of_the_wrong_type_get_messages():
         memtune.LoraConfig(targets=7)
     with pytest.raises(memtune.ConfigError, match="AdapterConfig.activation must be a string"):
         memtune.AdapterConfig(activation=[1])
+
+
+def test_methods_too_large_for_memory_are_refused_before_any_allocation(monkeypatch):
+    model = tiny_model("bert")
+    state = copy.deepcopy(model.state_dict())
+    import memtune.tuning
+
+    monkeypatch.setattr(memtune.tuning, "_available_bytes", lambda: 2**30)  # 1 GiB free
+    with pytest.raises(memtune.ConfigError, match=r"would add 1,950,000,096 parameters \(7\.3 GiB.*1\.0 GiB this machine has free"):
+        memtune.attach(model, memtune.recipe("adapter", budget=10**7))  # 3 layers x (2 x 32 x 10^7 weights + biases)
+    assert not hasattr(model, "memtune") and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(memtune.ConfigError, match="LoraConfig.rank r=50 exceeds the model's hidden size d=32"):
+        memtune.attach(model, memtune.recipe("lora", budget=100))
+
+
+def test_a_meta_model_takes_methods_of_any_size_without_memory():
+    """memtune params counts on the meta device: a budget of a million builds nothing in real memory."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = tiny_model("bert").config
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    memtune.attach(model, memtune.recipe("adapter", budget=10**6))
+    report = memtune.parameter_report(model)
+    assert report["tuned"] == 3 * (2 * 32 * 10**6 + 10**6 + 32)  # 3 layers of W_down, W_up and their biases
+    assert all(p.is_meta for p in memtune.tuning.method_parameters(model))

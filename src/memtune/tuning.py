@@ -6,6 +6,7 @@ predicate behind training (``requires_grad``), saving and the parameter report.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any, Iterable
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .arch import ArchSpec, Dims, arch_for, dims_of
-from .errors import MemtuneError
+from .errors import ConfigError, MemtuneError
 from .methods.base import HookHandles, MethodConfig, Recipe, TunedMethod
 
 STATE_ATTR = "memtune"
@@ -139,6 +140,36 @@ def identity_of(model: nn.Module, dims: Dims) -> dict[str, Any]:
     }
 
 
+def _available_bytes() -> int | None:
+    """Memory this machine can still give (Linux: MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_size(model: nn.Module, configs: list[MethodConfig], spec: ArchSpec, dims: Dims, dtype: torch.dtype,
+                device: torch.device) -> None:  # fmt: skip
+    """Refuse methods whose parameters cannot fit in memory, before allocating any (they are first built on the
+    meta device, which takes no memory and draws no random numbers). A model on the meta device takes any size."""
+    if device.type != "cpu":
+        return
+    with torch.device("meta"):
+        count = sum(p.numel() for c in configs for p in c.build(model, spec, dims).parameters())
+    need, available = count * torch.finfo(dtype).bits // 8, _available_bytes()
+    if available is not None and need > available:
+        names = ", ".join(f"{type(c).__name__}" for c in configs)
+        raise ConfigError(
+            f"the methods ({names}) would add {count:,} parameters ({need / 2**30:.1f} GiB in {dtype}), more than the "
+            f"{available / 2**30:.1f} GiB this machine has free; lower the budget (slots, bottleneck, prefix length), "
+            f"or count on the meta device (memtune params does)"
+        )
+
+
 def _backbone_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     for _, p in backbone_named_parameters(model):
         if p.is_floating_point():
@@ -182,18 +213,21 @@ def attach(
     for config in config_list:
         config.check_model(dims)
 
-    state = TuningState(spec, dims, recipe, train_head, identity_of(model, dims))
-    for config in config_list:
-        key = config.method if config.method not in state.methods else f"{config.method}_{len(state.methods)}"
-        state.methods[key] = config.build(model, spec, dims)
     dtype, device = _backbone_dtype_device(model)
+    _check_size(model, config_list, spec, dims, dtype, device)
+    state = TuningState(spec, dims, recipe, train_head, identity_of(model, dims))
+    with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():  # a meta model: nothing allocated
+        for config in config_list:
+            key = config.method if config.method not in state.methods else f"{config.method}_{len(state.methods)}"
+            state.methods[key] = config.build(model, spec, dims)
     state.to(device=device, dtype=dtype)
     state.train(model.training)  # follow the model's train/eval mode (dropout)
     state.requires_grad_before = {n: p.requires_grad for n, p in model.named_parameters()}
     model.add_module(STATE_ATTR, state)
     try:
-        for method in state.methods.values():
-            method.install(model, spec, state.handles)
+        with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
+            for method in state.methods.values():
+                method.install(model, spec, state.handles)
         _set_trainable(model, state)
     except Exception:
         _undo(model, state, restore=False)

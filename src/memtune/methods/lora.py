@@ -116,6 +116,14 @@ class LoraConfig(MethodConfig):
     def formula_symbols(self, hidden: int) -> dict[str, int]:
         return {"r": self.rank}
 
+    def check_model(self, dims: Dims) -> None:
+        super().check_model(dims)
+        if self.rank > dims.hidden:
+            raise ConfigError(
+                f"LoraConfig.rank r={self.rank} exceeds the model's hidden size d={dims.hidden}: W_down W_up cannot "
+                f"have a rank above min(d_in, d_out). Lower the rank (the budget: LoRA's r is budget / 2)."
+            )
+
     def build(self, model: nn.Module, arch: ArchSpec, dims: Dims) -> "LoraMethod":
         return LoraMethod(self, dims)
 
