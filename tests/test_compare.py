@@ -93,6 +93,7 @@ def test_compare_writes_records_resumes_and_renders_tables(capsys, tiny_model_di
         (["--optimizer", "adamx"], "optimizer 'adamx' is not one of"),
         (["--max-steps", "0"], "max_train_steps must be a positive integer"),
         (["--tasks", "cb", "--shift-prefix-positions", "--max-length", "500"], "need 532 positions, and minilm has 512"),
+        (["--tasks", "cb", "--max-length", "100000"], "--max-length 100000 (cb) is more than the 512 token positions minilm has"),
     ],
 )
 def test_compare_bad_input_exits_2_before_training(capsys, tmp_path, argv, message):

@@ -257,8 +257,7 @@ def validate(comparison: Comparison, runs: list[RunSpec]) -> dict[str, tuple[str
     recipes = list({(run.method, run.budget): run.recipe for run in runs}.values())
     settings = [(task, r, comparison.settings(task, r)) for task in task_specs for r in recipes]
     config = load_config(comparison.model)
-    if comparison.shift_prefix_positions:
-        _check_shifted_lengths(config, comparison.model, settings)
+    _check_lengths(config, comparison.model, settings, comparison.shift_prefix_positions)
     splits = {}
     for task in tasks:
         data = load_task(task, comparison.data_dir, seed=0)
@@ -269,8 +268,9 @@ def validate(comparison: Comparison, runs: list[RunSpec]) -> dict[str, tuple[str
     return splits
 
 
-def _check_shifted_lengths(config: Any, model_name: str, settings: list[tuple[Any, Any, Any]]) -> None:
-    """With shifted prefix positions, every input plus its prefix must fit the model's position table."""
+def _check_lengths(config: Any, model_name: str, settings: list[tuple[Any, Any, Any]], shift: bool) -> None:
+    """Every input must fit the model's table of absolute positions, and with shifted prefix positions its
+    prefix too (rotary models have no table to run past). Checked on the meta device: shapes, no weights."""
     import torch
     from transformers import AutoModel
 
@@ -278,14 +278,22 @@ def _check_shifted_lengths(config: Any, model_name: str, settings: list[tuple[An
     from ..arch import arch_for
     from ..methods.prefix import position_module, table_length
 
-    with torch.device("meta"):  # the modules' shapes only, no weights
+    with torch.device("meta"):
         model = AutoModel.from_config(config)
-    limit = table_length(position_module(model, arch_for(model)))
-    if limit is None:  # rotary positions: no table to run past
+    arch = arch_for(model)
+    if not arch.positions and not shift:
+        return
+    limit = table_length(position_module(model, arch))  # with shift and no known position module: its message
+    if limit is None:
         return
     for task, r, run_settings in settings:  # (task, recipe, its training settings)
         length = run_settings.max_length
-        for c in r:
+        if length > limit:
+            raise ConfigError(
+                f"--max-length {length} ({task.name}) is more than the {limit} token positions {model_name} has; "
+                f"use --max-length {limit} or less"
+            )
+        for c in r if shift else ():
             if isinstance(c, PrefixConfig) and length + c.prefix_length > limit:
                 raise ConfigError(
                     f"--shift-prefix-positions: {task.name} inputs of up to {length} tokens behind the {r.name} "
