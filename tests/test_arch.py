@@ -177,3 +177,26 @@ def test_an_unreadable_layout_says_what_is_missing_and_how_to_point_at_it():
     model = T.AutoModelForSequenceClassification.from_config(T.AlbertConfig(embedding_size=16, **TINY))  # one shared layer
     with pytest.raises(ArchitectureError, match=r"no list of 2 identical blocks.*ArchSpec\(layers, ffn_output"):
         memtune.attach(model, memtune.recipe("mt-f", budget=8))
+
+
+REFUSED = {  # layouts inference must refuse with a message rather than hook the wrong module (found in review)
+    "mobilebert": (lambda: T.AutoConfig.for_model("mobilebert", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=64, vocab_size=96, embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16),
+                   "no feed-forward module"),  # its `ffn` is a ModuleList, never called: a hook there would never fire
+    "bloom": (lambda: T.BloomConfig(hidden_size=32, n_head=4, n_layer=2, vocab_size=96), "adds the residual itself"),
+    "mpt": (lambda: T.AutoConfig.for_model("mpt", d_model=32, n_heads=4, n_layers=2, vocab_size=96), "adds the residual itself"),
+    "bart-2-1": (lambda: T.BartConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, vocab_size=96), "stacks of blocks under decoder, encoder"),
+    "t5-2-3": (lambda: T.T5Config(d_model=32, num_heads=4, d_ff=48, num_layers=2, num_decoder_layers=3, d_kv=8, vocab_size=96),
+               "stacks of blocks under decoder, encoder"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_layouts_that_would_be_misread_are_refused_with_a_message(name):
+    make, message = REFUSED[name]
+    torch.manual_seed(0)
+    model = T.AutoModel.from_config(make())
+    with pytest.raises(ArchitectureError, match=message):
+        memtune.attach(model, memtune.recipe("mt-f", budget=8))
+    assert not hasattr(model, "memtune")

@@ -236,3 +236,13 @@ def test_table7_prints_nist_and_cider_with_two_decimals_and_names_a_sampled_vali
     text = (tmp_path / "table7.md").read_text()
     assert "| **40.0 ± 0.0** | **4.77 ± 0.00** | **1.16 ± 0.00** |" in text
     assert "early stopping on 10% of train (a fixed sample of 24 of its inputs, --valid-size)" in text
+
+
+def test_validate_accepts_runs_planned_without_their_recipe(tmp_path):
+    from memtune.experiments.compare import Comparison, validate
+    from fixture_data import fixture_root
+
+    runs = plan(["cb"], ["lora"], [0], [32], [None])  # no resolve: run.recipe is None
+    assert runs[0].recipe is None
+    splits = validate(Comparison("minilm", data_dir=str(fixture_root())), runs)
+    assert set(splits) == {"cb"}

@@ -20,6 +20,7 @@ Inference (:func:`infer_arch`) reads what transformers' models share:
 """
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import MISSING, dataclass, fields
 
@@ -163,12 +164,20 @@ def _layer_count(model: nn.Module) -> int:
 
 
 def _layer_stack(base: nn.Module, count: int) -> str:
-    candidates = [
+    stacks = [
         name
         for name, module in base.named_modules()
-        if name and isinstance(module, nn.ModuleList) and len(module) == count and len({type(m) for m in module}) == 1
+        if name and isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1
         and _has_self_attention(module[0])
     ]  # fmt: skip
+    stacks = [s for s in stacks if not any(s.startswith(other + ".") for other in stacks)]  # not the lists inside a block
+    tops = sorted({s.split(".")[0] for s in stacks})
+    if len(tops) > 1:
+        raise ArchitectureError(
+            f"it has stacks of blocks under {', '.join(tops)} ({', '.join(stacks)}): an encoder-decoder? memtune tunes one "
+            f"stack; say which in ArchSpec(layers=...), or load the encoder or decoder alone."
+        )
+    candidates = [s for s in stacks if len(submodule(base, s, "a list of layers")) == count]
     if not candidates:
         raise ArchitectureError(f"no list of {count} identical blocks with a self-attention was found.")
     depth = min(name.count(".") for name in candidates)
@@ -230,7 +239,14 @@ def _feed_forward(block: nn.Module, attention: str) -> tuple[str, str, str]:
         inside_or_around = name == attention or name.startswith(attention + ".") or attention.startswith(name + ".")
         if not name or inside_or_around or _weight_matrices(module) < 2:  # nothing holding the attention is the FFN
             continue
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # never called: a hook on it would never fire
+            continue
         if name.split(".")[-1] in _FFN_NAMES or _FFN_CLASS.search(type(module).__name__):
+            if "residual" in inspect.signature(module.forward).parameters:
+                raise ArchitectureError(
+                    f"the feed-forward module '{name}' ({type(module).__name__}) adds the residual itself, so its output "
+                    f"is not the FFN output H; point ArchSpec(ffn_output=...) at the module before the residual add."
+                )
             return name, name, norm
     if {"fc1", "fc2"} <= set(children):
         return "fc2", "fc1", norm  # OPT: the FFN's two linears sit on the block itself

@@ -82,7 +82,7 @@ def one_query_attention(
     length = prefix_scores.shape[-1]
     probs = torch.cat([prefix_scores, scores], dim=-1).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
     out = torch.matmul(probs[..., :length], prefix_value.to(q.dtype)) + torch.matmul(probs[..., length:], value)
-    return out.reshape(batch, 1, heads, head_dim)  # (B, H_kv, g, hd) -> (B, 1, H, hd): the same memory order
+    return out.reshape(batch, 1, heads, value.shape[-1])  # (B, H_kv, g, hd_v) -> (B, 1, H, hd_v): the same memory order
 
 
 def _one_query_fast_path(inner: str, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> bool:

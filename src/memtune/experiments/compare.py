@@ -254,7 +254,7 @@ def validate(comparison: Comparison, runs: list[RunSpec]) -> dict[str, tuple[str
             from ..metrics import check_generation_metrics
 
             check_generation_metrics(tuple(task.metric), task=task.name)  # no training that could not be scored
-    recipes = list({(run.method, run.budget): run.recipe for run in runs}.values())
+    recipes = list({(run.method, run.budget): run.recipe or comparison.recipe(run.method, run.budget) for run in runs}.values())
     settings = [(task, r, comparison.settings(task, r)) for task in task_specs for r in recipes]
     config = load_config(comparison.model)
     _check_lengths(config, comparison.model, settings, comparison.shift_prefix_positions)
