@@ -294,6 +294,11 @@ def test_training_settings_refuse_non_finite_numbers():
             TrainSettings(**{**base, name: value})
 
 
+def test_parameter_report_of_a_plain_module_gets_a_message():
+    with pytest.raises(memtune.MemtuneError, match="parameter_report needs a transformers model, got Linear"):
+        memtune.parameter_report(torch.nn.Linear(2, 2))
+
+
 def test_lora_targets_and_adapter_activation_of_the_wrong_type_get_messages():
     with pytest.raises(memtune.ConfigError, match="LoraConfig.targets must be a non-empty list"):
         memtune.LoraConfig(targets=7)

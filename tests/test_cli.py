@@ -45,6 +45,7 @@ def test_params_budget_scales_the_recipe(capsys):
     [
         (["--method", "lora-x"], "unknown recipe 'lora-x'; known recipes"),
         (["--budget", "0"], "budget must be a positive integer"),
+        (["--method", ""], "--method needs at least one name, got ''"),
     ],
 )
 def test_params_bad_input_exits_2_with_a_message(capsys, argv, message):

@@ -49,8 +49,8 @@ def _format_params(model_name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    models = [m.strip() for m in args.model.split(",") if m.strip()]
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    models = _names(args.model, "--model")
+    methods = _names(args.method, "--method")
     from .params import params_rows
 
     tables = [params_rows(model, methods, args.budget, args.head, args.num_labels) for model in models]
@@ -61,8 +61,15 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def _names(text: str, what: str | None = None) -> list[str]:
+    """Comma-separated names; with ``what``, at least one is required."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if what and not names:
+        raise MemtuneError(f"{what} needs at least one name, got {text!r}")
+    return names
+
+
+MAX_COUNT = 10**9  # beyond any seed count, budget or training-set size a run could use
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -72,6 +79,8 @@ def _ints(text: str, what: str) -> list[int]:
         raise MemtuneError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise MemtuneError(f"{what} must be positive integers, got {text!r}")
+    if any(v > MAX_COUNT for v in values):
+        raise MemtuneError(f"{what} values must be at most {MAX_COUNT:,}, got {text!r}")
     return values
 
 
@@ -83,7 +92,7 @@ def _seeds(text: str) -> list[int]:
         seeds = [int(t) for t in _names(text)]
     except ValueError:
         seeds = [-1]
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+    if any(s < 0 or s >= 2**32 for s in seeds) or len(set(seeds)) != len(seeds):
         raise MemtuneError(f"--seeds must be a count or distinct non-negative integers, got {text!r}")
     return seeds
 
@@ -98,8 +107,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     overrides.update(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, decode_batch_size=args.decode_batch_size)
     compare(
         args.model,
-        _names(args.tasks),
-        _names(args.methods),
+        _names(args.tasks, "--tasks"),
+        _names(args.methods, "--methods"),
         _seeds(args.seeds),
         out=args.out,
         budgets=_ints(args.budgets, "--budgets"),
@@ -172,7 +181,7 @@ def cmd_bench_decode(args: argparse.Namespace) -> int:
     from .bench.decode import decode_bench, markdown, write
 
     result = decode_bench(
-        args.model, args.task, _names(args.methods), data_dir=args.data_dir, max_new_tokens=args.max_new_tokens,
+        args.model, args.task, _names(args.methods, "--methods"), data_dir=args.data_dir, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, limit=args.limit, natural_length=args.natural_length, threads=args.threads,
         progress=not args.no_progress,
     )  # fmt: skip

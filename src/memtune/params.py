@@ -28,6 +28,8 @@ def parameter_report(model: nn.Module) -> dict[str, Any]:
     Keys: ``backbone``, ``tuned``, ``stored``, ``head``, ``trainable`` (tuned + head), ``tuned_pct`` and
     ``stored_pct`` (% of backbone), ``recipe`` and ``methods`` (``{key: {tuned, stored, tuned_pct, stored_pct}}``).
     """
+    if not hasattr(model, "base_model"):
+        raise MemtuneError(f"parameter_report needs a transformers model, got {type(model).__name__}")
     backbone = sum(p.numel() for _, p in backbone_named_parameters(model))
     report: dict[str, Any] = {"backbone": backbone, "recipe": None, "methods": {}}
     if not hasattr(model, STATE_ATTR):
