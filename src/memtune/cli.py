@@ -103,7 +103,7 @@ DEFAULT_METHODS = "ft,bitfit,adapter,lora,prefix,mam,mt-f,mt-mf"
 def cmd_compare(args: argparse.Namespace) -> int:
     from .experiments import compare, write_reports
 
-    overrides = {name: getattr(args, flag[2:].replace("-", "_")) for name, flag, _, _ in training_flags()}
+    overrides = {name: getattr(args, name) for name, _, _, _ in training_flags()}
     overrides.update(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, decode_batch_size=args.decode_batch_size)
     compare(
         args.model,
@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--profile", default="cpu", choices=["cpu", "paper"], help="training settings (default: cpu; paper = Table I)")
     c.add_argument("--out", default="results/compare", help="folder of results.jsonl and the tables (default: results/compare)")
     c.add_argument("--data-dir", default=None, help="data root holding the task folders (default: $MEMTUNE_DATA, then ../shared/data)")
-    for _, flag, kind, text in training_flags():  # every TrainSettings field, as an override of the profile
-        c.add_argument(flag, type=kind, default=None, help=text)
+    for name, flag, kind, text in training_flags():  # every TrainSettings field, as an override of the profile
+        c.add_argument(flag, dest=name, metavar=flag[2:].upper().replace("-", "_"), type=kind, default=None, help=text)
     c.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks: tokens to generate at most (default: the task's, 30)")
     c.add_argument("--num-beams", type=int, default=None, help="generation tasks: beam search width (default: 1, greedy)")
     c.add_argument("--decode-batch-size", type=int, default=None,

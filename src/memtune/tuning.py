@@ -170,6 +170,11 @@ def _check_size(model: nn.Module, configs: list[MethodConfig], spec: ArchSpec, d
         )
 
 
+def _placement(device: torch.device) -> Any:
+    """Where methods create their tensors: on the meta device for a meta model (nothing allocated), else as usual."""
+    return torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
+
+
 def _backbone_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     for _, p in backbone_named_parameters(model):
         if p.is_floating_point():
@@ -216,7 +221,7 @@ def attach(
     dtype, device = _backbone_dtype_device(model)
     _check_size(model, config_list, spec, dims, dtype, device)
     state = TuningState(spec, dims, recipe, train_head, identity_of(model, dims))
-    with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():  # a meta model: nothing allocated
+    with _placement(device):
         for config in config_list:
             key = config.method if config.method not in state.methods else f"{config.method}_{len(state.methods)}"
             state.methods[key] = config.build(model, spec, dims)
@@ -225,7 +230,7 @@ def attach(
     state.requires_grad_before = {n: p.requires_grad for n, p in model.named_parameters()}
     model.add_module(STATE_ATTR, state)
     try:
-        with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
+        with _placement(device):
             for method in state.methods.values():
                 method.install(model, spec, state.handles)
         _set_trainable(model, state)

@@ -98,7 +98,7 @@ class AdapterConfig(MethodConfig):
             raise ConfigError(f"AdapterConfig.placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"AdapterConfig.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if not isinstance(self.scale, (int, float)) or isinstance(self.scale, bool) or self.scale <= 0:
+        if self.scale <= 0:  # kind and finiteness: check_field_types
             raise ConfigError(f"AdapterConfig.scale must be a positive number, got {self.scale!r}")
 
     def formula_symbols(self, hidden: int) -> dict[str, int]:

@@ -103,7 +103,7 @@ class LoraConfig(MethodConfig):
         super().__post_init__()
         positive_int(self.rank, "LoraConfig.rank (r)")
         probability(self.dropout, "LoraConfig.dropout")
-        if not isinstance(self.scaling, (int, float)) or isinstance(self.scaling, bool) or self.scaling <= 0:
+        if self.scaling <= 0:  # kind and finiteness: check_field_types
             raise ConfigError(f"LoraConfig.scaling must be a positive number, got {self.scaling!r}")
         if not isinstance(self.targets, (str, list, tuple)):
             raise ConfigError(f"LoraConfig.targets must be a non-empty list from {ROLES}, got {self.targets!r}")

@@ -106,7 +106,7 @@ class MemoryBlock(nn.Module):
                    self.value.weight, self.value.bias, self.out.weight)  # fmt: skip
 
         def compute():
-            k, v = self.key(self.memory), self.value(self.memory)  # (k, s) each
+            k, v = self.key_values()  # (k, s) each
             score_weight = torch.matmul(k, self.query.weight) * self.scale  # (k, d)
             score_bias = None if self.query.bias is None else torch.matmul(k, self.query.bias) * self.scale  # (k,)
             return score_weight, score_bias, torch.matmul(self.out.weight, v.transpose(0, 1))  # C: (d, k)
@@ -166,11 +166,10 @@ class MemoryConfig(MethodConfig):
         super().__post_init__()
         positive_int(self.num_slots, "MemoryConfig.num_slots (k)")
         positive_int(self.slot_dim, "MemoryConfig.slot_dim (s)")
-        if not isinstance(self.init_std, (int, float)) or isinstance(self.init_std, bool) or self.init_std <= 0:
+        if self.init_std <= 0:  # kind and finiteness: check_field_types
             raise ConfigError(f"MemoryConfig.init_std must be a positive number, got {self.init_std!r}")
-        eps = self.layer_norm_eps
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
-            raise ConfigError(f"MemoryConfig.layer_norm_eps must be a number in (0, 1), got {eps!r}")
+        if not 0 < self.layer_norm_eps < 1:
+            raise ConfigError(f"MemoryConfig.layer_norm_eps must be a number in (0, 1), got {self.layer_norm_eps!r}")
         if self.init not in MEMORY_INITS:
             raise ConfigError(f"MemoryConfig.init must be one of {', '.join(repr(i) for i in MEMORY_INITS)}, got {self.init!r}")
 
