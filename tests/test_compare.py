@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -219,3 +220,59 @@ def test_a_generation_task_whose_pairs_all_exceed_max_length_is_refused_before_t
                               "--max-length", "5")  # fmt: skip
     assert code == 2 and "e2e: no (table, reference) pair of the training set fits in 5 tokens; raise --max-length" in err
     assert not (tmp_path / "gen" / "results.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_diverging_run_is_recorded_as_failed_not_scored_and_kept_on_resume(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    code, text, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "mt-f", "--seeds", "1", "--lr", "1e30")
+    assert code == 0, err
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["status"] == "failed" and record["score"] is None and record["valid"] is None
+    assert record["error"].startswith("cb mt-f (budget 32) seed 0: ") and "step" in record["error"]
+    assert "finite" in record["error"] and "lower --lr" in record["error"] and "1 run(s) failed" in text
+    json.loads((out / "results.jsonl").read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    table = (out / "table3.md").read_text() if (out / "table3.md").exists() else ""
+    assert "Failed runs" not in table  # no scored run: no table at all, the failure is in the log and the record
+    code, text, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "mt-f,lora", "--seeds", "1", "--lr", "1e30")
+    assert code == 0 and "1 already in" in text  # the failed run is not redone; lora runs (and fails too, or scores)
+    code, text, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "mt-f,lora", "--seeds", "1", "--lr", "1e30",
+                              "--retry-failed")  # fmt: skip
+    assert code == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sum(r["method"] == "mt-f" for r in records) == 2  # retried: a second record of the same run
+    assert memtune.experiments.results.check_records(records, out) is None
+
+
+VOLATILE = ("train_seconds", "peak_memory_mb", "finished")  # wall-clock facts: the only fields that may differ
+
+
+@pytest.mark.slow
+def test_the_same_command_and_seed_give_bit_identical_records(capsys, tiny_model_dir, tmp_path):
+    argv = ("--tasks", "cb,conll2004", "--methods", "lora,mt-mf,adapter", "--seeds", "1", "--max-steps", "3")
+    runs = []
+    for name in ("first", "second"):
+        code, _, err = compare(capsys, tiny_model_dir, tmp_path / name, *argv)
+        assert code == 0, err
+        runs.append([{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+                     for line in (tmp_path / name / "results.jsonl").read_text().splitlines()])  # fmt: skip
+    assert len(runs[0]) == 6 and runs[0] == runs[1]
+    losses = [h["train_loss"] for r in runs[0] for h in r["history"]]  # the scores of 3 steps are all 0 on the fixtures
+    assert len(losses) >= 6 and len(set(losses)) >= 6  # so equal losses, to the last bit, are the evidence
+
+
+@pytest.mark.slow
+def test_compare_killed_at_20_random_moments_finishes_each_plan_exactly_once(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    harness = Path(__file__).with_name("kill_harness.py")
+    src = Path(__file__).resolve().parents[1] / "src"
+    argv = ["compare", "--model", str(tiny_model_dir), "--data-dir", str(FIXTURES), "--epochs", "1", "--max-steps", "2",
+            "--no-progress", "--tasks", "cb,conll2004", "--methods", "lora,mt-f,bitfit", "--seeds", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(harness), str(tmp_path), "20", "0", "--", *argv], capture_output=True,
+                          text=True, env=env, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["kills"] >= 20 and summary["runs"] == 6

@@ -135,3 +135,42 @@ def test_two_ddp_processes_train_like_one_with_the_same_global_batch(tmp_path, o
     assert a["tensors"].keys() == b["tensors"].keys() and a["eval"] == b["eval"] and a["valid"] == b["valid"]
     for name in a["tensors"]:
         torch.testing.assert_close(a["tensors"][name], b["tensors"][name], rtol=0, atol=tolerance, msg=name)
+
+
+def test_all_finite_sees_nan_and_inf_and_not_huge_finite_values():
+    from memtune.train import all_finite
+
+    assert all_finite([torch.full((1000,), 3e38), torch.zeros(2)])  # its norm would overflow; its max does not
+    assert not all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
+    assert not all_finite([torch.tensor([-float("inf")])])
+
+
+def test_the_finite_guard_stops_at_a_non_finite_gradient_or_parameter_naming_the_run_and_step():
+    from memtune.errors import TrainingDiverged
+    from memtune.train import _finite_guard
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    model[0].weight.requires_grad_(False)  # frozen: not checked
+    guard = _finite_guard(model, "sst2 mt-f seed 3")
+    state = SimpleNamespace(global_step=4, epoch=0.5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    guard.on_pre_optimizer_step(None, state, None)  # finite: nothing happens
+    guard.on_epoch_end(None, state, None)
+    model[0].weight.grad.fill_(float("nan"))
+    guard.on_pre_optimizer_step(None, state, None)  # a frozen parameter's gradient is not the run's
+    model[1].bias.grad[0] = float("inf")
+    with pytest.raises(TrainingDiverged, match=r"^sst2 mt-f seed 3: the loss or its gradient is not finite .* step 5 \(epoch 0.50\); lower --lr"):
+        guard.on_pre_optimizer_step(None, state, None)
+    with torch.no_grad():
+        model[1].weight[0, 1] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"parameters became non-finite by step 4 \(epoch 0.50\): 1.weight; lower --lr"):
+        guard.on_train_end(None, state, None)
+
+
+def test_history_gets_each_epochs_logged_training_loss():
+    from memtune.train import with_train_loss
+
+    history = [{"epoch": 1.0, "valid": 0.5}, {"epoch": 2.0, "valid": 0.6}]
+    log = [{"loss": 0.9, "epoch": 1.0}, {"eval_score": 0.5, "epoch": 1.0}, {"train_loss": 0.8, "epoch": 2.0}]
+    assert with_train_loss(history, log) == [{"epoch": 1.0, "valid": 0.5, "train_loss": 0.9}, {"epoch": 2.0, "valid": 0.6}]

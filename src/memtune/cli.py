@@ -118,6 +118,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         overrides=overrides,
         shift_prefix_positions=args.shift_prefix_positions,
         progress=not args.no_progress,
+        retry_failed=args.retry_failed,
     )
     from .experiments.compare import finish_distributed, is_main_process
 
@@ -134,8 +135,10 @@ def _render_tables(out: str) -> None:
     """Write the tables from ``<out>/results.jsonl`` as it is now (other processes sharing it included)."""
     from .experiments import read_results, write_reports
     from .experiments.compare import RESULTS_FILE
+    from .experiments.results import check_records
 
     records = read_results(Path(out) / RESULTS_FILE)
+    check_records(records, Path(out) / RESULTS_FILE)
     if not records:
         raise MemtuneError(f"{Path(out) / RESULTS_FILE} holds no runs; run memtune compare --out {out} first")
     for path in write_reports(records, out):
@@ -230,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="prefixes (of prefix, mt-m, mam, mt-mf, unipelt) give the real tokens positions l, l+1, ..., as P-tuning v2 and the paper's code do",
     )
+    c.add_argument("--retry-failed", action="store_true",
+                   help="train again the runs recorded as failed (diverged) in --out; by default a resume keeps them as failed")
     c.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     c.set_defaults(run=cmd_compare)
 

@@ -15,3 +15,7 @@ class ArchitectureError(MemtuneError):
 
 class CheckpointError(MemtuneError):
     """A saved memtune checkpoint is missing, corrupt, from a newer format or for another base model."""
+
+
+class TrainingDiverged(MemtuneError):
+    """Training met a non-finite loss, gradient or parameter; the message names the run and the step."""

@@ -140,6 +140,49 @@ def _callback(best: BestTrainable, metric_key: str, sign: float = 1.0):
     return EarlyStopOnBest()
 
 
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every element of ``tensors`` is finite: one max-norm per tensor (NaN and inf propagate, huge
+    finite values do not overflow), one check per device."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t.detach())
+    return all(bool(torch.isfinite(torch.stack(torch._foreach_norm(ts, ord=math.inf))).all()) for ts in by_device.values())
+
+
+def _finite_guard(model: nn.Module, run: str):
+    """Stops training with :class:`TrainingDiverged` at the first non-finite gradient (checked before each
+    optimiser step: a NaN or infinite loss gives one) or trainable parameter (checked at the end of each
+    epoch, before its evaluation, and of training), so that a diverged run is never scored: restoring the
+    best epoch would hide it."""
+    from transformers import TrainerCallback
+
+    from .errors import TrainingDiverged
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fix = "lower --lr, raise --warmup or clip gradients harder; the run is recorded as failed"
+
+    class FiniteGuard(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            grads = [p.grad for p in trainable if p.grad is not None]
+            if grads and not all_finite(grads):
+                raise TrainingDiverged(
+                    f"{run}: the loss or its gradient is not finite (NaN or infinite) at optimisation step "
+                    f"{state.global_step + 1} (epoch {state.epoch or 0:.2f}); {fix}"
+                )
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if not all_finite(trainable):
+                names = [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+                raise TrainingDiverged(
+                    f"{run}: trainable parameters became non-finite by step {state.global_step} (epoch "
+                    f"{state.epoch or 0:.2f}): {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}; {fix}"
+                )
+
+        on_train_end = on_epoch_end
+
+    return FiniteGuard()
+
+
 class PeakMemory:
     """Peak memory of one run: CUDA's allocator peak, or the process's resident set sampled on Linux."""
 
@@ -185,7 +228,7 @@ class RunResult:
     epochs_run: float
     train_seconds: float
     peak_memory_mb: float
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # per evaluation: epoch, valid, train_loss
     scores: dict[str, float] = field(default_factory=dict)  # every metric of the task on the evaluation split
     predictions: list[str] = field(default_factory=list)  # generation tasks: one text per evaluation input
     n_pairs: dict[str, int] = field(default_factory=dict)  # generation tasks: (source, reference) pairs used / left out
@@ -202,6 +245,7 @@ def train_and_evaluate(
     callbacks: Sequence[Any] = (),
     decoding: Any = None,
     progress: bool = False,
+    run: str | None = None,
 ) -> RunResult:
     """Train ``model`` (methods already attached) on ``data.train``, early-stopping on ``data.valid``;
     restore the best trainable tensors and score ``data.eval``.
@@ -212,7 +256,10 @@ def train_and_evaluate(
     metric of the task; ``progress`` shows a bar over the decoding batches.
 
     The Trainer's own bar and log lines are off; ``callbacks`` (Trainer callbacks) see the steps, the
-    logged loss and each evaluation (``memtune compare`` shows them with experiments.progress)."""
+    logged loss and each evaluation (``memtune compare`` shows them with experiments.progress).
+
+    A non-finite gradient or parameter stops training with :class:`errors.TrainingDiverged`, its message led
+    by ``run`` (e.g. "sst2 mt-f seed 0"; default: the task and seed)."""
     from transformers import (DataCollatorForSeq2Seq, DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
                               TrainingArguments)  # fmt: skip
 
@@ -266,6 +313,7 @@ def train_and_evaluate(
         return {"score": score(task, examples[current["split"]], predicted, prediction.label_ids)}
 
     stop = _callback(best, "eval_loss", sign=-1.0) if generation else _callback(best, "eval_score")
+    guard = _finite_guard(model, run or f"{task.name} seed {seed}")
     trainer = Trainer(
         model=model,
         args=args,
@@ -273,7 +321,7 @@ def train_and_evaluate(
         eval_dataset=valid,
         data_collator=collator,
         compute_metrics=None if generation else compute_metrics,
-        callbacks=[stop, *callbacks],
+        callbacks=[guard, stop, *callbacks],
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -292,12 +340,18 @@ def train_and_evaluate(
         result = RunResult(best.best, final, None, 0.0, 0.0, 0.0, scores={task.metric: final})
     result.valid = -best.best if generation else best.best  # generation: the best validation loss
     result.best_epoch, result.epochs_run, result.train_seconds = best.best_epoch, epochs_run, round(seconds, 1)
-    result.peak_memory_mb, result.history = memory.megabytes, best.history
+    result.peak_memory_mb, result.history = memory.megabytes, with_train_loss(best.history, trainer.state.log_history)
     if generation:
         from .tasks.data import pairs
 
         result.n_pairs = {"train": len(train), "train_left_out": len(pairs(data.train)) - len(train)}
     return result
+
+
+def with_train_loss(history: list[dict[str, float]], log: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Each epoch's validation entry with the mean training loss the Trainer logged for that epoch."""
+    losses = {round(entry["epoch"], 6): entry["loss"] for entry in log if "loss" in entry and "epoch" in entry}
+    return [{**h, "train_loss": losses[round(h["epoch"], 6)]} if round(h["epoch"], 6) in losses else h for h in history]
 
 
 def _decode_and_score(model: nn.Module, tokenizer: Any, data: Any, decoding: Any, progress: bool) -> RunResult:

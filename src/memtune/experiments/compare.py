@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..methods.recipes import RECIPES
 from ..version import __version__
 from .progress import PlanProgress
-from .results import append_result, check_config, check_splits, read_results, run_key
+from .ownership import FolderClaim
+from .results import append_result, check_config, check_records, check_splits, is_failed, read_results, run_key
 from .tables import main_budget
 
 RESULTS_FILE = "results.jsonl"
@@ -173,27 +175,28 @@ def run_one(
     settings = comparison.settings(task, method, large=model.config.hidden_size >= 1024)
     generation = task.kind == "generation"
     decoder = _decoding_config(task.max_new_tokens, dict(comparison.decoding)) if generation else None
+    common = {"task": spec.task, "method": spec.method, "seed": spec.seed, "budget": spec.budget, "train_size": spec.train_size,
+              "metric": task.metric[0] if generation else task.metric, "eval_source": data.eval_source,
+              "valid_source": data.valid_source, **({"decoding": decoder.to_dict()} if generation else {})}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="memtune-trainer-") as scratch:
-        result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, callbacks=callbacks,
-                                    decoding=decoder, progress=bars)  # fmt: skip
+        try:
+            result = train_and_evaluate(model, tokenizer, data, settings, seed=spec.seed, output_dir=scratch, callbacks=callbacks,
+                                        decoding=decoder, progress=bars, run=str(spec))  # fmt: skip
+        except TrainingDiverged as e:
+            return {**common, "status": "failed", "error": str(e), "score": None, "valid": None, "settings": settings.to_dict(),
+                    "memtune_version": __version__, "finished": _now()}  # fmt: skip
     extra: dict[str, Any] = {}
     if generation:
-        extra = {"scores": {k: round(v, 4) for k, v in result.scores.items()}, "decoding": decoder.to_dict(),
+        extra = {"scores": {k: round(v, 4) for k, v in result.scores.items()},
                  "valid_metric": "loss", "pairs": result.n_pairs}  # fmt: skip
         if out is not None:
             extra["generations"] = write_generations(Path(out), spec, data, result.predictions)
     return {
-        "task": spec.task,
-        "method": spec.method,
-        "seed": spec.seed,
-        "budget": spec.budget,
-        "train_size": spec.train_size,
-        "metric": task.metric[0] if generation else task.metric,
+        **common,
+        "status": "finished",
         "score": round(result.eval, 4),
         "valid": round(result.valid, 4),
         **extra,
-        "eval_source": data.eval_source,
-        "valid_source": data.valid_source,
         "n_train": len(data.train),
         "n_valid": len(validation_examples(data, settings)),
         "n_eval": len(data.eval),
@@ -211,8 +214,12 @@ def run_one(
         "history": result.history,
         "notes": data.notes,
         "memtune_version": __version__,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": _now(),
     }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _decoding_config(max_new_tokens: int, overrides: dict[str, Any] | None) -> Any:
@@ -332,11 +339,15 @@ def compare(
     overrides: dict[str, Any] | None = None,
     shift_prefix_positions: bool = False,
     progress: bool = True,
+    retry_failed: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run every missing run of the plan, appending each record to ``<out>/results.jsonl``; returns all records.
 
-    ``shift_prefix_positions``: prefixes give the real tokens positions l, l+1, ... (P-tuning v2's behaviour)."""
+    ``shift_prefix_positions``: prefixes give the real tokens positions l, l+1, ... (P-tuning v2's behaviour).
+    A run whose training diverges is recorded as failed (``status``, ``error``; no score) and not tried again
+    on resume unless ``retry_failed``. Processes with the same settings may share ``out`` and split the plan
+    (``experiments.ownership``); one with other settings is refused while another is live there."""
     from .. import recipe
 
     tasks = list(dict.fromkeys(tasks))
@@ -348,33 +359,70 @@ def compare(
     check_out(Path(out))
     config = comparison.record_config()
     path = Path(out) / RESULTS_FILE
-    records = read_results(path)
-    check_config(records, config, path)
-    for task, (eval_source, valid_source) in splits.items():
-        check_splits(records, task, eval_source, valid_source, path)
-    done = {run_key(r) for r in records}
-    todo = [r for r in runs if r.key not in done]
-    if not is_main_process():  # under torchrun every process trains; one reports
+    if not is_main_process():  # under torchrun every process trains the runs rank 0 plans; rank 0 owns the folder
         log = lambda message: None  # noqa: E731
-    log(f"memtune compare: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to do")
+    owner = FolderClaim(out, config, alone=_distributed()) if is_main_process() else nullcontext()
+    with owner:
+        records = read_results(path)
+        check_records(records, path)
+        check_config(records, config, path)
+        for task, (eval_source, valid_source) in splits.items():
+            check_splits(records, task, eval_source, valid_source, path)
+        done = {run_key(r) for r in records if not is_failed(r) or not retry_failed}
+        todo = [r for r in runs if r.key not in done]
+        log(f"memtune compare: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to do")
+        records += _run_plan(todo, comparison, owner, path, config, progress, log, retry_failed)
+    return records
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _run_plan(todo: list[RunSpec], comparison: Comparison, owner: Any, path: Path, config: dict[str, Any], progress: bool,
+              log: Callable[[str], None], retry_failed: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """Train the runs this process can claim, appending each record as it finishes; the new records."""
+
+    def finished() -> set:  # runs another process sharing the folder has recorded since the plan was made
+        return {run_key(r) for r in read_results(path) if not is_failed(r) or not retry_failed}
+
+    new, skipped = [], []
     quiet = None if is_main_process() else open(os.devnull, "w")  # noqa: SIM115 - closed below
     display = PlanProgress(todo, bars=None if progress else False, stream=quiet)
     try:
         for n, spec in enumerate(todo, start=1):
             label = f"[{n}/{len(todo)}] {spec}"
-            run = display.start(label, spec.method)
-            record = run_one(spec, comparison, [run.callback()], out=Path(out), bars=display.bars)
-            record["config"] = config
-            if is_main_process():
-                append_result(path, record)
-            records.append(record)
-            display.finish(
-                spec.method,
-                f"{label}: {record['metric']} {record['score']:.2f} on {record['eval_source']} (valid "
-                f"{record['valid']:.2f}, best epoch {record['best_epoch']}), {record['train_seconds']:.0f} s training",
-            )
+            if isinstance(owner, FolderClaim) and not owner.claim(spec.key, finished):
+                skipped.append(spec)
+                display.skip(spec, f"{label}: taken by another process sharing {path.parent}")
+                continue
+            try:
+                run = display.start(label, spec.method)
+                record = run_one(spec, comparison, [run.callback()], out=path.parent, bars=display.bars)
+                record["config"] = config
+                if is_main_process():
+                    append_result(path, record)
+            finally:
+                if isinstance(owner, FolderClaim):
+                    owner.release(spec.key)
+            new.append(record)
+            display.finish(spec.method, _summary(label, record))
     finally:
         display.close()
         if quiet is not None:
             quiet.close()
-    return records
+    failed = [r for r in new if is_failed(r)]
+    if failed:
+        log(f"{len(failed)} run(s) failed and are recorded as failed in {path} (rerun with --retry-failed to try again):")
+        for r in failed:
+            log(f"  - {r['error']}")
+    if skipped:
+        log(f"{len(skipped)} run(s) were left to other processes sharing {path.parent}; its tables are complete when the last finishes")
+    return new
+
+
+def _summary(label: str, record: dict[str, Any]) -> str:
+    if is_failed(record):
+        return f"{label}: FAILED: {record['error']}"
+    return (f"{label}: {record['metric']} {record['score']:.2f} on {record['eval_source']} (valid {record['valid']:.2f}, "
+            f"best epoch {record['best_epoch']}), {record['train_seconds']:.0f} s training")  # fmt: skip

@@ -106,6 +106,14 @@ class PlanProgress:
             self._plan_bar.update(1)
             self._plan_bar.set_postfix_str(f"ETA {format_duration(eta)}" if eta is not None else "", refresh=True)
 
+    def skip(self, spec: Any, line: str) -> None:
+        """A run of the plan this process will not train (another process took it): out of the ETA and the bar."""
+        self.todo.remove(spec)
+        self.write(line)
+        if self._plan_bar is not None:
+            self._plan_bar.total = len(self.todo)
+            self._plan_bar.refresh()
+
     def close(self) -> None:
         for bar in (self._run_bar, self._plan_bar):
             if bar is not None:

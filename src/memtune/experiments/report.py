@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write
+from .results import is_failed, run_key
 from .tables import (csv_table, generation_csv, generation_markdown, generation_summary, is_generation, low_data_records,
                      main_budget, markdown_table, summarize, sweep_csv, sweep_plot, sweep_rows)  # fmt: skip
 
@@ -53,15 +54,30 @@ def _sized_name(record: dict[str, Any]) -> str:
     return f"{TASK_NAMES.get(base, base)} ({record['train_size']} train inputs)"
 
 
+def _failures(failed: list[dict[str, Any]], table: str) -> str:
+    """The failed runs a table leaves out, with their errors (table7: generation runs; the others: the rest)."""
+    own = [r for r in failed if is_generation(r) == (table == "table7.md")]
+    if not own:
+        return ""
+    lines = "\n".join(f"- {r['task']} {r['method']} (budget {r['budget']}) seed {r['seed']}: {r['error']}" for r in own)
+    return f"\nFailed runs (no score; not in the table):\n{lines}\n"
+
+
 def write_reports(records: list[dict[str, Any]], out: str | Path) -> list[Path]:
     """table3.md/.csv (full data, main budget); table5.md/.csv (low data); budget_sweep.csv/.png (Fig. 2);
-    table7.md/.csv (generation tasks, every metric)."""
+    table7.md/.csv (generation tasks, every metric). Failed runs have no cell; each Markdown table lists
+    the failed runs of its kind (generation or not) below it."""
     out = Path(out)
     written: list[Path] = []
-    generated = [r for r in records if is_generation(r)]
-    records = [r for r in records if not is_generation(r)]
+    latest = list({run_key(r): r for r in records}.values())  # a retried failed run: its last record counts
+    failed = [r for r in latest if is_failed(r)]
+    scored = [r for r in latest if not is_failed(r)]
+    generated = [r for r in scored if is_generation(r)]
+    records = [r for r in scored if not is_generation(r)]
 
     def write(name: str, content: str | bytes) -> None:
+        if isinstance(content, str) and name.endswith(".md"):
+            content += _failures(failed, name)
         atomic_write(out / name, content if isinstance(content, bytes) else content.encode())
         written.append(out / name)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -56,13 +57,38 @@ def check_config(records: Iterable[dict[str, Any]], config: dict[str, Any], path
     """Refuse to mix runs of another configuration into ``path``."""
     for record in records:
         if record["config"] != config:
-            theirs = record["config"]
-            differ = sorted(k for k in set(theirs) | set(config) if theirs.get(k) != config.get(k))
-            details = "; ".join(f"{k}: file has {theirs.get(k)!r}, this run {config.get(k)!r}" for k in differ)
             raise ConfigError(
-                f"{path} holds runs of another configuration ({details}). Write to another --out folder, "
-                f"or repeat the original settings to resume it."
+                f"{path} holds runs of another configuration ({config_differences(record['config'], config)}). "
+                f"Write to another --out folder, or repeat the original settings to resume it."
             )
+
+
+def config_differences(theirs: Any, ours: dict[str, Any]) -> str:
+    """The settings two comparison configs differ in, for a message."""
+    theirs = theirs if isinstance(theirs, dict) else {}
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    return "; ".join(f"{k}: file has {theirs.get(k)!r}, this run {ours.get(k)!r}" for k in differ)
+
+
+def check_records(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Refuse a results file that mixes configurations or holds one run twice (e.g. written by hand or by
+    an older memtune): a table would silently pick one of them. A failed run may be followed by a retry."""
+    if records:
+        check_config(records, records[0]["config"], path)
+    seen: dict[tuple, int] = {}
+    for number, record in enumerate(records):
+        key = run_key(record)
+        if key in seen and not is_failed(records[seen[key]]):
+            raise ConfigError(
+                f"{path} holds the run {dict(zip(RUN_KEY, key))} twice (records {seen[key] + 1} and {number + 1}); "
+                f"remove one of the two lines"
+            )
+        seen[key] = number
+
+
+def is_failed(record: dict[str, Any]) -> bool:
+    """A run that stopped without a score (e.g. its training diverged); its record says why."""
+    return record.get("status") == "failed"
 
 
 def check_splits(records: Iterable[dict[str, Any]], task: str, eval_source: str, valid_source: str, path: str | os.PathLike) -> None:
@@ -88,7 +114,7 @@ def append_result(path: str | os.PathLike, record: dict[str, Any]) -> None:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             _drop_incomplete_last_line(f)
-            f.write((json.dumps(record, sort_keys=True) + "\n").encode())
+            f.write((json.dumps(finite_json(record), sort_keys=True, allow_nan=False) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
         finally:
@@ -117,3 +143,20 @@ def _is_record(line: bytes) -> bool:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
     return isinstance(record, dict) and all(k in record for k in RUN_KEY + ("config",))
+
+
+def finite_json(value: Any, where: str = "", found: list[str] | None = None) -> Any:
+    """``value`` with every NaN or infinity replaced by null (standard JSON has neither); a record that
+    held any lists their places under ``non_finite``, so that nothing is dropped without a trace."""
+    top = found is None
+    found = [] if top else found
+    if isinstance(value, float) and not math.isfinite(value):
+        found.append(where or "(value)")
+        return None
+    if isinstance(value, dict):
+        value = {k: finite_json(v, f"{where}.{k}" if where else str(k), found) for k, v in value.items()}
+    elif isinstance(value, (list, tuple)):
+        value = [finite_json(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
+    if top and found and isinstance(value, dict):
+        value["non_finite"] = found
+    return value
