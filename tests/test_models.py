@@ -355,3 +355,20 @@ def test_requirements_file_pins_every_packaged_model():
     listed = Path(__file__).parents[1] / "requirements" / "models.txt"
     pins = {line.strip() for line in listed.read_text().splitlines() if line.strip() and not line.startswith("#")}
     assert pins == {req for model in PACKAGED.values() for req in model.requirements}
+
+
+def test_an_unknown_model_name_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch):
+    import socket
+    import time
+
+    from memtune.errors import MemtuneError
+    from memtune.models import load_config
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    start = time.perf_counter()
+    with pytest.raises(MemtuneError, match=r"'no-such/model': it is not a packaged short name .*the hub \(huggingface.co\) cannot be reached"):
+        load_config("no-such/model")
+    assert time.perf_counter() - start < 5  # not the hub client's ~25 s of retries

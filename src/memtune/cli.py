@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import MemtuneError
 from .models import HEAD_CLASSES, auto_class
+from .settings import MAX_COUNT
 from .settings import flags as training_flags
 from .version import __version__
 
@@ -63,18 +64,19 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def _names(text: str, what: str | None = None) -> list[str]:
     """Comma-separated names; with ``what``, at least one is required."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if what and not names:
+    names = [t.strip() for t in text.split(",")] if text.strip() else []
+    if what and not any(names):
         raise MemtuneError(f"{what} needs at least one name, got {text!r}")
+    if not all(names):
+        raise MemtuneError(f"{what or 'the list'} has an empty item between commas: {text!r}; remove the extra comma")
     return names
 
 
-MAX_COUNT = 10**9  # beyond any seed count, budget or training-set size a run could use
 
 
 def _ints(text: str, what: str) -> list[int]:
     try:
-        values = [int(t) for t in _names(text)]
+        values = [int(t) for t in text.split(",")]  # int() takes surrounding spaces; '' and '1,,2' fail
     except ValueError:
         raise MemtuneError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
@@ -89,7 +91,7 @@ def _seeds(text: str) -> list[int]:
     if "," not in text:
         return list(range(_ints(text, "--seeds")[0]))
     try:
-        seeds = [int(t) for t in _names(text)]
+        seeds = [int(t) for t in text.split(",")]
     except ValueError:
         seeds = [-1]
     if any(s < 0 or s >= 2**32 for s in seeds) or len(set(seeds)) != len(seeds):

@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from .errors import ConfigError
+from .settings import count, shown
 
 PROMPT = "{source}\nText:"
 IGNORE = -100  # label id the loss skips
+MAX_BEAMS = 256  # beam search keeps num_beams rows per input; far beyond the widths used for data-to-text (1-10)
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,13 @@ class DecodingConfig:
     min_new_tokens: int = 0  # the end-of-sequence token is suppressed before this many (memtune bench: fixed length)
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "num_beams", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"decoding setting {name} must be a positive integer, got {value!r}")
+        for name in ("max_new_tokens", "batch_size"):
+            count(getattr(self, name), f"decoding setting {name}")
+        count(self.num_beams, "decoding setting num_beams", limit=MAX_BEAMS)  # each beam is a row of the batch
         low = self.min_new_tokens
         if isinstance(low, bool) or not isinstance(low, int) or not 0 <= low <= self.max_new_tokens:
             raise ConfigError(f"decoding setting min_new_tokens must be an integer from 0 to max_new_tokens "
-                              f"({self.max_new_tokens}), got {low!r}")  # fmt: skip
+                              f"({self.max_new_tokens}), got {shown(low)}")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -442,12 +442,36 @@ def resolve(name_or_path: str | os.PathLike[str]) -> str:
     return _materialised(model)
 
 
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (its host name does not resolve), or None. Offline, the hub
+    client retries a missing model for about 25 s before failing; this answers at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None  # the client fails fast by itself
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        return f"the hub ({host}) cannot be reached from this machine: {e.strerror or e}"
+    return None
+
+
 def load_config(name_or_path: str | os.PathLike[str]) -> Any:
     """``AutoConfig.from_pretrained(resolve(name_or_path))``, or a MemtuneError naming what was tried."""
     from transformers import AutoConfig
 
+    path = resolve(name_or_path)
     try:
-        return AutoConfig.from_pretrained(resolve(name_or_path))
+        if not os.path.exists(path) and (problem := hub_unreachable()):  # fail now, not after the hub client's retries
+            try:
+                return AutoConfig.from_pretrained(path, local_files_only=True)  # a model in the local hub cache
+            except (OSError, ValueError):
+                raise OSError(problem) from None
+        return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise MemtuneError(
             f"cannot read a model config for {os.fspath(name_or_path)!r}: it is not a packaged short name "

@@ -8,13 +8,48 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from decimal import Decimal
 from typing import Any
 
 from .errors import ConfigError
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def finite_float(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number (an int or a float, not a bool), else None; an int too
+    large for a float is not finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters. An integer of more than 30 digits is
+    shown rounded (1.000e+400): Python refuses to print one of more than 4300 digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return format(Decimal(value), ".3e")  # Decimal converts without the digit limit
+    try:
+        text = repr(value)
+    except ValueError:  # a container holding such an integer
+        return f"a {type(value).__name__} holding an integer too long to print"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+MAX_COUNT = 10**9
+"""The largest count a setting takes (epochs, batch sizes, lengths, steps, seeds, budgets, training-set sizes):
+far beyond any run, and a bound that keeps a typo of extra digits from starting one."""
+
+
+def count(value: Any, name: str, optional: bool = False, limit: int = MAX_COUNT) -> None:
+    """Refuse anything but an integer from 1 to ``limit`` (or None when ``optional``); ``name`` leads the message."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        allowed = f"a positive integer (at most {limit:,})" + (" or None" if optional else "")
+        raise ConfigError(f"{name} must be {allowed}, got {shown(value)}")
 
 
 def _flag(kind: type, help: str, *, default: Any = MISSING, flag: str | None = None) -> Any:  # noqa: A002
@@ -44,24 +79,24 @@ class TrainSettings:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "max_length", "patience", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"training setting {name} must be a positive integer, got {value!r}")
-        if not _finite(self.learning_rate) or not self.learning_rate > 0:
-            raise ConfigError(f"training setting learning_rate must be a positive finite number, got {self.learning_rate!r}")
-        if not _finite(self.weight_decay) or self.weight_decay < 0:
-            raise ConfigError(f"training setting weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if not _finite(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"training setting warmup_ratio must be in [0, 1) (a fraction of the steps), got {self.warmup_ratio!r}")
+            count(getattr(self, name), f"training setting {name}")
+        rules = {  # number settings: (holds, what is allowed); whole numbers are stored as floats
+            "learning_rate": (lambda x: x > 0, "a positive finite number"),
+            "weight_decay": (lambda x: x >= 0, "a finite number >= 0"),
+            "warmup_ratio": (lambda x: 0 <= x < 1, "in [0, 1) (a fraction of the steps)"),
+        }
+        for name, (holds, allowed) in rules.items():
+            value = finite_float(getattr(self, name))
+            if value is None or not holds(value):
+                raise ConfigError(f"training setting {name} must be {allowed}, got {shown(getattr(self, name))}")
+            object.__setattr__(self, name, value)  # frozen: set once, here
         from transformers.training_args import OptimizerNames
 
         optimizers = [o.value for o in OptimizerNames]
         if self.optimizer not in optimizers:
-            raise ConfigError(f"training setting optimizer {self.optimizer!r} is not one of transformers' {', '.join(optimizers)}")
+            raise ConfigError(f"training setting optimizer {shown(self.optimizer)} is not one of transformers' {', '.join(optimizers)}")
         for name in ("max_train_steps", "valid_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"training setting {name} must be a positive integer or None, got {value!r}")
+            count(getattr(self, name), f"training setting {name}", optional=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,10 +17,11 @@ import torch.nn as nn
 
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..errors import ConfigError
-from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, register_method
+from .base import HookHandles, MethodConfig, TunedMethod, at_most, help_field, positive_int, register_method, shown
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 PLACEMENTS = ("sequential", "parallel")
+MAX_SCALE = 1000.0  # far above MAM's 4; a scale beyond the model's float range makes the no-op at attach 0 * inf = nan
 
 
 def bottleneck(x: torch.Tensor, down: nn.Module, activation: nn.Module, up: nn.Module) -> torch.Tensor:
@@ -95,11 +96,10 @@ class AdapterConfig(MethodConfig):
         super().__post_init__()
         positive_int(self.bottleneck, "AdapterConfig.bottleneck (r)")
         if self.placement not in PLACEMENTS:
-            raise ConfigError(f"AdapterConfig.placement must be one of {PLACEMENTS}, got {self.placement!r}")
+            raise ConfigError(f"AdapterConfig.placement must be one of {PLACEMENTS}, got {shown(self.placement)}")
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"AdapterConfig.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if self.scale <= 0:  # kind and finiteness: check_field_types
-            raise ConfigError(f"AdapterConfig.scale must be a positive number, got {self.scale!r}")
+            raise ConfigError(f"AdapterConfig.activation must be one of {', '.join(ACTIVATIONS)}, got {shown(self.activation)}")
+        at_most(self.scale, MAX_SCALE, "AdapterConfig.scale", "MAM uses 4")  # kind and finiteness: check_field_types
 
     def formula_symbols(self, hidden: int) -> dict[str, int]:
         return {"r": self.bottleneck}

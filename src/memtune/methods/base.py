@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..arch import ArchSpec, Dims
 from ..errors import ConfigError
+from ..settings import finite_float, shown
 
 METHODS: dict[str, type["MethodConfig"]] = {}
 
@@ -27,21 +28,36 @@ def register_method(cls: type["MethodConfig"]) -> type["MethodConfig"]:
     return cls
 
 
+MAX_SIZE = 2**40
+"""The largest size (slots, slot size, bottleneck, rank, prefix length, budget) a config accepts: far more
+than any machine holds (attach's size check refuses far less), yet small enough that every tensor a method
+describes while that check counts it on the meta device stays below torch's 2**63 elements."""
+
+
 def positive_int(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {shown(value)}")
+    if value > MAX_SIZE:
+        raise ConfigError(f"{name} must be at most 2**40 = {MAX_SIZE:,} (no machine holds that many parameters), "
+                          f"got {shown(value)}")  # fmt: skip
 
 
 def probability(value: Any, name: str) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+        raise ConfigError(f"{name} must be a number in [0, 1), got {shown(value)}")
+
+
+def at_most(value: float, limit: float, name: str, why: str) -> None:
+    """Refuse a positive number above ``limit`` (kind and finiteness: check_field_types)."""
+    if not 0 < value <= limit:
+        raise ConfigError(f"{name} must be a positive number at most {limit:g} ({why}), got {shown(value)}")
 
 
 def check_field_types(config: Any) -> None:
     """Refuse values of the wrong kind before anything reads them: an on/off field that is not True or False
     (``bias='no'`` would switch biases on), a number field that is not a finite number (nan, inf, '1'),
-    a text field that is not a string. Field kinds come from the dataclass annotations."""
-    import math
+    a text field that is not a string. Field kinds come from the dataclass annotations; a whole number given
+    to a number field is stored as a float (one too large for a float is refused as not finite)."""
     import typing
 
     hints = typing.get_type_hints(type(config))
@@ -49,13 +65,16 @@ def check_field_types(config: Any) -> None:
     for f in dataclasses.fields(config):
         kind, value = hints.get(f.name), getattr(config, f.name)
         if kind is bool and not isinstance(value, bool):
-            raise ConfigError(f"{name}.{f.name} must be True or False, got {value!r}")
-        if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
-            raise ConfigError(f"{name}.{f.name} must be a finite number, got {value!r}")
+            raise ConfigError(f"{name}.{f.name} must be True or False, got {shown(value)}")
+        if kind is float:
+            number = finite_float(value)
+            if number is None:
+                raise ConfigError(f"{name}.{f.name} must be a finite number, got {shown(value)}")
+            setattr(config, f.name, number)
         if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ConfigError(f"{name}.{f.name} must be an integer, got {value!r}")
+            raise ConfigError(f"{name}.{f.name} must be an integer, got {shown(value)}")
         if kind is str and not isinstance(value, str):
-            raise ConfigError(f"{name}.{f.name} must be a string, got {value!r}")
+            raise ConfigError(f"{name}.{f.name} must be a string, got {shown(value)}")
 
 
 def help_field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
@@ -73,12 +92,12 @@ class MethodConfig:
         check_field_types(self)
         if self.layers is not None:
             if not isinstance(self.layers, (list, tuple)) or not self.layers:
-                raise ConfigError(f"layers must be a non-empty list of layer indices or None, got {self.layers!r}")
+                raise ConfigError(f"layers must be a non-empty list of layer indices or None, got {shown(self.layers)}")
             for i in self.layers:
                 if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-                    raise ConfigError(f"layers must hold non-negative integers, got {self.layers!r}")
+                    raise ConfigError(f"layers must hold non-negative integers, got {shown(self.layers)}")
             if len(set(self.layers)) != len(self.layers):
-                raise ConfigError(f"layers lists a layer twice: {self.layers!r}")
+                raise ConfigError(f"layers lists a layer twice: {shown(self.layers)}")
             self.layers = sorted(self.layers)
 
     def layer_indices(self, dims: Dims) -> list[int]:
@@ -86,7 +105,7 @@ class MethodConfig:
             return list(range(dims.layers))
         bad = [i for i in self.layers if i >= dims.layers]
         if bad:
-            raise ConfigError(f"{self.method}: layers {bad} do not exist; the model has {dims.layers} layers (0..{dims.layers - 1})")
+            raise ConfigError(f"{self.method}: layers {shown(bad)} do not exist; the model has {dims.layers} layers (0..{dims.layers - 1})")
         return list(self.layers)
 
     def check_model(self, dims: Dims) -> None:
@@ -105,15 +124,17 @@ class MethodConfig:
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "MethodConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a method config must be a dict with a 'method' key, got {shown(data)}")
         data = dict(data)
         name = data.pop("method", None)
-        if name not in METHODS:
-            raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+        if not isinstance(name, str) or name not in METHODS:
+            raise ConfigError(f"unknown method {shown(name)}; known methods: {', '.join(sorted(METHODS))}")
         cls = METHODS[name]
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = [shown(k) for k in data if k not in known]  # keys of any kind: shown, not sorted as they are
         if unknown:
-            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(known)}")
+            raise ConfigError(f"{cls.__name__} has no field(s) [{', '.join(sorted(unknown))}]; fields: {sorted(known)}")
         return cls(**data)
 
 
@@ -182,6 +203,11 @@ class Recipe:
     budget: int
     configs: list[MethodConfig] = field(default_factory=list)
     learning_rate: float = 1e-4
+
+    def __post_init__(self):
+        if not isinstance(self.configs, (list, tuple)) or not all(isinstance(c, MethodConfig) for c in self.configs):
+            raise ConfigError(f"Recipe.configs must be a list of method configs (e.g. MemoryConfig()), got {shown(self.configs)}")
+        self.configs = list(self.configs)
 
     def __iter__(self):
         return iter(self.configs)

@@ -18,9 +18,11 @@ import torch.nn as nn
 
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..errors import ArchitectureError, ConfigError
-from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, probability, register_method
+from .base import (HookHandles, MethodConfig, TunedMethod, at_most, help_field, positive_int, probability, register_method,
+                   shown)
 
 ROLES = ("query", "key", "value")
+MAX_SCALING = 1000.0  # far above usual alpha / r; beyond the model's float range the no-op becomes 0 * inf = nan
 
 
 def _proj_path(arch: ArchSpec, role: str) -> str:
@@ -103,14 +105,13 @@ class LoraConfig(MethodConfig):
         super().__post_init__()
         positive_int(self.rank, "LoraConfig.rank (r)")
         probability(self.dropout, "LoraConfig.dropout")
-        if self.scaling <= 0:  # kind and finiteness: check_field_types
-            raise ConfigError(f"LoraConfig.scaling must be a positive number, got {self.scaling!r}")
+        at_most(self.scaling, MAX_SCALING, "LoraConfig.scaling", "peft's lora_alpha / r, usually 1 to 4")
         if not isinstance(self.targets, (str, list, tuple)):
-            raise ConfigError(f"LoraConfig.targets must be a non-empty list from {ROLES}, got {self.targets!r}")
+            raise ConfigError(f"LoraConfig.targets must be a non-empty list from {ROLES}, got {shown(self.targets)}")
         targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
         bad = [t for t in targets if t not in ROLES]
         if not targets or bad:
-            raise ConfigError(f"LoraConfig.targets must be a non-empty list from {ROLES}, got {self.targets!r}")
+            raise ConfigError(f"LoraConfig.targets must be a non-empty list from {ROLES}, got {shown(self.targets)}")
         self.targets = list(dict.fromkeys(targets))
 
     def formula_symbols(self, hidden: int) -> dict[str, int]:

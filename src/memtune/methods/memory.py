@@ -16,11 +16,12 @@ import torch.nn.functional as F
 
 from ..arch import ArchSpec, Dims, blocks, submodule
 from ..errors import ConfigError
-from .base import HookHandles, MethodConfig, TunedMethod, help_field, positive_int, register_method
+from .base import HookHandles, MethodConfig, TunedMethod, at_most, help_field, positive_int, register_method, shown
 from .constants import ConstantCache
 
 
 MEMORY_INITS = ("zero-out", "authors")
+SMALLEST_EPS = torch.finfo(torch.float32).tiny  # a smaller eps rounds to 0 in float32 (LayerNorm of one value: 0/0)
 
 
 class MemoryBlock(nn.Module):
@@ -166,12 +167,16 @@ class MemoryConfig(MethodConfig):
         super().__post_init__()
         positive_int(self.num_slots, "MemoryConfig.num_slots (k)")
         positive_int(self.slot_dim, "MemoryConfig.slot_dim (s)")
-        if self.init_std <= 0:  # kind and finiteness: check_field_types
-            raise ConfigError(f"MemoryConfig.init_std must be a positive number, got {self.init_std!r}")
-        if not 0 < self.layer_norm_eps < 1:
-            raise ConfigError(f"MemoryConfig.layer_norm_eps must be a number in (0, 1), got {self.layer_norm_eps!r}")
+        # kind and finiteness: check_field_types. A larger std overflows float32 in K = M W_key or in the
+        # inner LayerNorms, and the zero-out no-op becomes 0 * inf = nan.
+        at_most(self.init_std, 1.0, "MemoryConfig.init_std", "the paper's code uses 0.02")
+        if not SMALLEST_EPS <= self.layer_norm_eps < 1:
+            raise ConfigError(
+                f"MemoryConfig.layer_norm_eps must be a number in [{SMALLEST_EPS:.3g}, 1) (a smaller eps is 0 in float32, "
+                f"and a LayerNorm over one slot divides 0 by 0), got {shown(self.layer_norm_eps)}"
+            )
         if self.init not in MEMORY_INITS:
-            raise ConfigError(f"MemoryConfig.init must be one of {', '.join(repr(i) for i in MEMORY_INITS)}, got {self.init!r}")
+            raise ConfigError(f"MemoryConfig.init must be one of {', '.join(repr(i) for i in MEMORY_INITS)}, got {shown(self.init)}")
 
     @classmethod
     def authors(cls, **overrides: Any) -> "MemoryConfig":

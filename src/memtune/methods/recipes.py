@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..errors import ConfigError
-from .base import MethodConfig, Recipe, positive_int
+from .base import MethodConfig, Recipe, positive_int, shown
 from .adapter import AdapterConfig
 from .backbone import BitFitConfig, FullConfig
 from .lora import LoraConfig
@@ -97,8 +97,10 @@ def recipe(name: str, budget: int = 32, *, shift_prefix_positions: bool = False)
         raise ConfigError(f"recipe name must be a string, got {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
     if key not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe {shown(name)}; known recipes: {', '.join(RECIPES)}")
     positive_int(budget, "budget")
+    if not isinstance(shift_prefix_positions, bool):
+        raise ConfigError(f"recipe shift_prefix_positions must be True or False, got {shown(shift_prefix_positions)}")
     spec = RECIPES[key]
     configs = spec.build(budget)
     if shift_prefix_positions:
