@@ -1,6 +1,8 @@
 """Tiny random models built from transformers config classes (no downloads), shared by the tests."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import (
@@ -13,6 +15,9 @@ from transformers import (
     MPNetConfig,
     RobertaConfig,
 )
+
+FUZZ_SCALE = int(os.environ.get("MEMTUNE_FUZZ_SCALE", "1"))
+"""Multiplies every property test's number of examples: MEMTUNE_FUZZ_SCALE=20 for a fuzz campaign (docs/reliability.md)."""
 
 VOCAB = 96
 TINY = dict(hidden_size=32, num_attention_heads=4, intermediate_size=48, num_hidden_layers=3)
@@ -66,6 +71,16 @@ def batch(arch: str, batch_size: int = 2, length: int = 7, pad: str | None = Non
 def logits(model, inputs):
     with torch.no_grad():
         return model(**inputs).logits
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and several threads crawl on a busy machine); a module uses it
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=ARCHS)

@@ -269,10 +269,12 @@ def test_compare_killed_at_20_random_moments_finishes_each_plan_exactly_once(tin
     harness = Path(__file__).with_name("kill_harness.py")
     src = Path(__file__).resolve().parents[1] / "src"
     argv = ["compare", "--model", str(tiny_model_dir), "--data-dir", str(FIXTURES), "--epochs", "1", "--max-steps", "2",
-            "--no-progress", "--tasks", "cb,conll2004", "--methods", "lora,mt-f,bitfit", "--seeds", "1"]  # fmt: skip
+            "--no-progress", "--tasks", "cb", "--methods", "lora,mt-f,bitfit", "--seeds", "1"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, str(harness), str(tmp_path), "20", "0", "--", *argv], capture_output=True,
-                          text=True, env=env, timeout=900)  # fmt: skip
+    kills = int(os.environ.get("MEMTUNE_KILLS", "20"))  # more for a campaign (docs/reliability.md)
+    done = subprocess.run([sys.executable, str(harness), str(tmp_path), str(kills), "0", "--", *argv], capture_output=True,
+                          text=True, env=env, timeout=900 + 30 * kills)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["kills"] >= 20 and summary["runs"] == 6
+    print(json.dumps(summary))  # pytest -s: the kill points
+    assert summary["kills"] >= kills and summary["runs"] == 3

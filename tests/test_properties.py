@@ -39,9 +39,9 @@ from memtune.methods.memory import MEMORY_INITS, SMALLEST_EPS
 from memtune.settings import TrainSettings, settings_for
 from memtune.tuning import STATE_ATTR
 
-from conftest import batch, logits, tiny_model
+from conftest import FUZZ_SCALE, batch, logits, tiny_model
 
-PROPERTY = settings(max_examples=100, deadline=None, database=None)  # database=None: no .hypothesis/ in the tree
+PROPERTY = settings(max_examples=100 * FUZZ_SCALE, deadline=None, database=None)  # database=None: no .hypothesis/ in the tree
 CLASSES = sorted(METHODS.values(), key=lambda cls: cls.method)
 CHOICES = {  # text fields with a fixed set of values
     ("MemoryConfig", "init"): MEMORY_INITS,
@@ -375,7 +375,7 @@ def _attach_or_refuse(arch: str, configs: list[MethodConfig]) -> str:
 
 
 @pytest.mark.parametrize("arch", ATTACH_ARCHS)
-@settings(PROPERTY, max_examples=50)  # each example copies and runs the model: ~0.03 s
+@settings(PROPERTY, max_examples=50 * FUZZ_SCALE)  # each example copies and runs the model: ~0.03 s
 @given(configs=st.lists(method_configs(), min_size=1, max_size=2))
 def test_valid_configs_attach_cleanly_or_not_at_all(arch, configs):
     event(attach_or_refuse(arch, configs))  # pytest --hypothesis-show-statistics: how many attached
@@ -389,7 +389,7 @@ HUGE = {  # size fields, at values no machine holds (attach's size check refuses
 }
 
 
-@settings(PROPERTY, max_examples=30)
+@settings(PROPERTY, max_examples=30 * FUZZ_SCALE)
 @given(
     data=st.data(),
     cls=st.sampled_from([c for c in CLASSES if c.__name__ in HUGE]),

@@ -45,7 +45,7 @@ def test_valid_size_early_stops_on_one_fixed_sample_for_every_run():
     assert validation_examples(data, settings) == chosen  # the same sample whatever the run's seed
     assert validation_examples(data, TrainSettings(epochs=1, batch_size=1, learning_rate=1e-3, max_length=8)) is data.valid
     assert validation_examples(SimpleNamespace(valid=data.valid[:5]), settings) == data.valid[:5]  # fewer than asked: all
-    with pytest.raises(ConfigError, match="valid_size must be a positive integer or None, got 0"):
+    with pytest.raises(ConfigError, match=r"valid_size must be a positive integer \(at most 1,000,000,000\) or None, got 0"):
         TrainSettings(epochs=1, batch_size=1, learning_rate=1e-3, max_length=8, valid_size=0)
 
 

@@ -6,6 +6,8 @@
   the data order and dropout; the Trainer's ``data_seed`` follows it.
 - Distributed: run the same script under ``torchrun`` / ``accelerate launch``; the Trainer wraps the
   model in DDP and shards each global batch (``batch_size`` is per process).
+- Divergence: a non-finite gradient (before each optimiser step) or trainable parameter (at each epoch's
+  end) raises :class:`errors.TrainingDiverged` naming the run and the step; nothing diverged is scored.
 """
 from __future__ import annotations
 
@@ -313,7 +315,7 @@ def train_and_evaluate(
         return {"score": score(task, examples[current["split"]], predicted, prediction.label_ids)}
 
     stop = _callback(best, "eval_loss", sign=-1.0) if generation else _callback(best, "eval_score")
-    guard = _finite_guard(model, run or f"{task.name} seed {seed}")
+    guard = _finite_guard(model, run or f"{getattr(task, 'name', 'training')} seed {seed}")
     trainer = Trainer(
         model=model,
         args=args,
