@@ -1,6 +1,7 @@
 """`memtune compare` end to end on a tiny saved model and the fixture data: records, resume, refusal, tables."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -242,6 +243,95 @@ def test_a_diverging_run_is_recorded_as_failed_not_scored_and_kept_on_resume(cap
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sum(r["method"] == "mt-f" for r in records) == 2  # retried: a second record of the same run
     assert memtune.experiments.results.check_records(records, out) is None
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_curves_bars_and_saved_models_and_a_resume_that_adds_save_models(capsys, tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    compare_module = importlib.import_module("memtune.experiments.compare")  # the module, not the function
+    from memtune.experiments.compare import load_for_task
+    from memtune.tasks import get_task
+
+    inputs = {"input_ids": torch.tensor([[2, 5, 6, 7, 8, 3]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
+    trained = {}  # run name -> the logits of the run's model, as it was saved
+    real_save = compare_module.save_run_model
+
+    def spy(model, folder, spec, comparison, out=None):
+        with torch.no_grad():
+            trained[spec.name] = model.eval()(**inputs).logits.clone()
+        return real_save(model, folder, spec, comparison, out)
+
+    monkeypatch.setattr(compare_module, "save_run_model", spy)
+    out = tmp_path / "run"
+    args = ("--tasks", "cb", "--methods", "lora,mt-f", "--max-steps", "3", "--epochs", "3")
+    code, text, err = compare(capsys, tiny_model_dir, out, *args, "--seeds", "1")  # without --save-models
+    assert code == 0, err
+    assert not (out / "models").exists() and not trained
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for r in records:  # a curve per run, one CSV row per evaluation in its history
+        name = f"{r['task']}-{r['method']}-b{r['budget']}-s{r['seed']}"
+        rows = (out / "curves" / f"{name}.csv").read_text().splitlines()
+        assert rows[0] == "epoch,train_loss,valid" and len(rows) == 1 + len(r["history"]) >= 2
+        assert [float(row.split(",")[2]) for row in rows[1:]] == [h["valid"] for h in r["history"]]
+        png = (out / "curves" / f"{name}.png").read_bytes()
+        assert png.startswith(PNG) and len(png) > 5000
+    bars = (out / "table3_bars.png").read_bytes()
+    assert bars.startswith(PNG) and len(bars) > 5000
+    assert f"wrote {out / 'curves'}" in text
+
+    # the same comparison with --save-models and a second seed: accepted, seed 1's runs save their models
+    code, text, err = compare(capsys, tiny_model_dir, out, *args, "--seeds", "2", "--save-models")
+    assert code == 0, err
+    assert "4 runs, 2 already" in text
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len({json.dumps(r["config"], sort_keys=True) for r in records}) == 1  # --save-models is not in the config
+    assert [r.get("saved_model") for r in records] == [None, None, "models/cb-lora-b32-s1", "models/cb-mt-f-b32-s1"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["cb-lora-b32-s1", "cb-mt-f-b32-s1"]
+    assert set(trained) == {"cb-lora-b32-s1", "cb-mt-f-b32-s1"}
+    for r in records[2:]:
+        folder = out / r["saved_model"]
+        assert json.loads((folder / "run.json").read_text()) == {
+            "model": str(tiny_model_dir), "task": "cb", "method": r["method"], "seed": 1, "budget": 32, "train_size": None,
+            "data_dir": str(FIXTURES)}  # fmt: skip
+        fresh, _ = load_for_task(str(tiny_model_dir), get_task("cb"))  # a new random head: load replaces it
+        memtune.load(fresh, folder)
+        with torch.no_grad():
+            assert torch.equal(fresh.eval()(**inputs).logits, trained[folder.name])
+
+
+def test_save_models_saves_on_rank_0_only(capsys, tiny_model_dir, tmp_path, monkeypatch):
+    compare_module = importlib.import_module("memtune.experiments.compare")  # the module, not the function
+
+    given = []
+
+    def fake_run_one(spec, comparison, callbacks=(), out=None, bars=False, save_to=None):
+        given.append(save_to)
+        return {"task": spec.task, "method": spec.method, "seed": spec.seed, "budget": spec.budget, "train_size": None,
+                "status": "failed", "error": "not trained here", "score": None}  # fmt: skip
+
+    monkeypatch.setattr(compare_module, "run_one", fake_run_one)
+    args = ("--tasks", "cb", "--methods", "lora", "--seeds", "1", "--save-models")
+    code, _, err = compare(capsys, tiny_model_dir, tmp_path / "rank0", *args)
+    assert code == 0, err
+    assert given == [tmp_path / "rank0" / "models" / "cb-lora-b32-s0"]
+    monkeypatch.setattr(compare_module, "is_main_process", lambda: False)  # a torchrun process of rank 1 or more
+    compare_module.compare(str(tiny_model_dir), ["cb"], ["lora"], [0], out=tmp_path / "rank1", data_dir=str(FIXTURES),
+                           overrides={"max_train_steps": 2}, progress=False, save_models=True)  # fmt: skip
+    assert given[1:] == [None]
+
+
+def test_a_diverged_run_saves_no_model_and_draws_no_curve(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = compare(capsys, tiny_model_dir, out, "--tasks", "cb", "--methods", "mt-f", "--seeds", "1", "--lr", "1e30",
+                           "--save-models")  # fmt: skip
+    assert code == 0, err
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["status"] == "failed" and "saved_model" not in record
+    assert not (out / "models").exists() and not (out / "curves").exists()
 
 
 VOLATILE = ("train_seconds", "peak_memory_mb", "finished")  # wall-clock facts: the only fields that may differ

@@ -155,7 +155,8 @@ def test_reports_are_written_from_records_alone(tmp_path):
     sweep += [record("rte", "bitfit", s, 52.0, budget=32) for s in (0, 1)]  # budget-free: a reference line
     low = [record("rte", "lora", s, 55.0 + s, train_size=n) for s in (0, 1) for n in (128, 256)]
     written = {p.name for p in write_reports(RECORDS + sweep + low, tmp_path)}
-    assert written == {"table3.md", "table3.csv", "table5.md", "table5.csv", "budget_sweep.csv", "budget_sweep.png"}
+    assert written == {"table3.md", "table3.csv", "table3_bars.png", "table5.md", "table5.csv", "budget_sweep.csv",
+                       "budget_sweep.png"}  # no history in these records: no curves  # fmt: skip
     assert (tmp_path / "budget_sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "rte (128)" in (tmp_path / "table5.md").read_text()
     rows = sweep_rows([r for r in sweep])
@@ -246,3 +247,78 @@ def test_validate_accepts_runs_planned_without_their_recipe(tmp_path):
     assert runs[0].recipe is None
     splits = validate(Comparison("minilm", data_dir=str(fixture_root())), runs)
     assert set(splits) == {"cb"}
+
+
+# --- training curves and the Table III bar chart --------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _with_history(r, valids, losses):
+    history = [{"epoch": float(e), "valid": v, **({"train_loss": loss} if loss is not None else {})}
+               for e, (v, loss) in enumerate(zip(valids, losses), start=1)]  # fmt: skip
+    return {**r, "history": history, "best_epoch": 1 + valids.index(max(valids))}
+
+
+def test_bar_rows_are_the_summary_means_and_stds_in_the_tables_order(tmp_path):
+    from memtune.experiments.tables import bar_rows, bars_plot, score_label
+
+    partial = [r for r in RECORDS if not (r["method"] == "lora" and r["task"] == "cb")]  # lora has no cb runs
+    rows = bar_rows(summarize(partial))
+    assert [(r["task"], r["method"], r["runs"]) for r in rows] == [("rte", "ft", 2), ("rte", "lora", 2), ("cb", "ft", 2)]
+    assert (rows[0]["mean"], rows[0]["std"]) == pytest.approx((61.0, 1.41421356))  # ft rte: 60, 62
+    assert (rows[1]["mean"], rows[1]["std"]) == pytest.approx((61.0, 4.24264069))  # lora rte: 58, 64
+    assert (rows[2]["mean"], rows[2]["std"]) == pytest.approx((75.0, 7.07106781))  # ft cb: 80, 70
+    assert score_label(["accuracy", "entity_f1", "f1"]) == "score (accuracy / F1)"
+    png = bars_plot(rows, {"rte": "RTE", "cb": "CB"}, "score (accuracy)")
+    assert png.startswith(PNG) and len(png) > 5000
+    write_reports(RECORDS, tmp_path)
+    assert (tmp_path / "table3_bars.png").read_bytes().startswith(PNG)
+
+
+def test_the_bar_chart_is_drawn_only_with_table3(tmp_path):
+    write_reports([record("rte", "lora", 0, 50.0, train_size=128)], tmp_path)  # low data only: table5, no table3
+    assert (tmp_path / "table5.md").exists() and not (tmp_path / "table3.md").exists()
+    assert not (tmp_path / "table3_bars.png").exists()
+
+
+def test_curve_rows_csv_and_best_epoch_from_a_records_history():
+    from memtune.experiments.curves import best_row, curve_rows, curves_csv, valid_label
+
+    r = _with_history(RECORDS[0], [50.0, 60.0, 60.0, 55.0], [1.1, 0.9, 0.8, None])
+    rows = curve_rows(r)
+    assert rows[1] == {"epoch": 2.0, "train_loss": 0.9, "valid": 60.0} and rows[3]["train_loss"] is None
+    assert best_row(r, rows) == 1  # the first best: a later equal score does not replace the kept tensors
+    assert curves_csv(rows).splitlines() == ["epoch,train_loss,valid", "1.0,1.1,50.0", "2.0,0.9,60.0", "3.0,0.8,60.0",
+                                             "4.0,,55.0"]  # fmt: skip
+    assert valid_label(r) == "validation accuracy (%)"
+    generation = {**_generation_record("lora", 0, 40.0, 50.0), "valid_metric": "loss",
+                  "history": [{"epoch": 1.0, "valid": -2.5}, {"epoch": 2.0, "valid": -2.0}]}  # fmt: skip
+    rows = curve_rows(generation)  # early stopping kept the loss negated; the curve shows the loss
+    assert [row["valid"] for row in rows] == [2.5, 2.0] and best_row(generation, rows) == 1
+    assert valid_label(generation) == "validation loss"
+
+
+def test_reports_write_a_curve_per_scored_run_and_none_for_failed_ones(tmp_path):
+    from memtune.experiments.compare import RunSpec, write_generations
+    from memtune.experiments.results import run_name
+
+    scored = [_with_history(r, [50.0, 60.0 + i], [1.0, 0.5]) for i, r in enumerate(RECORDS)]
+    sized = _with_history(record("rte", "lora", 0, 55.0, train_size=128), [40.0], [2.0])
+    failed = {**record("cb", "mt-f", 0, None), "status": "failed", "error": "diverged",
+              "history": [{"epoch": 1.0, "valid": 1.0}]}  # fmt: skip
+    written = write_reports([*scored, sized, failed], tmp_path)
+    assert tmp_path / "curves" in written
+    csvs = sorted(p.name for p in (tmp_path / "curves").glob("*.csv"))
+    pngs = sorted(p.name for p in (tmp_path / "curves").glob("*.png"))
+    assert len(csvs) == len(pngs) == len(RECORDS) + 1 and "rte-lora-b32-n128-s0.csv" in csvs
+    assert not any(name.startswith("cb-mt-f") for name in csvs + pngs)  # the failed run: no curve
+    first = (tmp_path / "curves" / f"{run_name(scored[0])}.csv").read_text().splitlines()
+    assert first == ["epoch,train_loss,valid", "1.0,1.0,50.0", "2.0,0.5,60.0"]
+    png = (tmp_path / "curves" / f"{run_name(scored[0])}.png").read_bytes()
+    assert png.startswith(PNG) and len(png) > 5000  # matplotlib drew something, not an empty canvas
+    # the curves' names are the generations' names: one helper for both
+    spec = RunSpec("rte", "lora", 0, 32, 128)
+    data = type("Data", (), {"eval": []})()
+    assert spec.name == run_name(sized) == "rte-lora-b32-n128-s0"
+    assert write_generations(tmp_path, spec, data, []) == f"generations/{spec.name}.jsonl"

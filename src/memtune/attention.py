@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .arch import ArchSpec, submodule
 from .errors import ArchitectureError
 
+PROBE_ATTR = "_memtune_prefix_probe"  # set by visualize.scores: called with (query, prefix keys, scaling)
 PREFIX_ATTR = "_memtune_prefix"  # (PrefixMethod, tuned-layer index j) on a self-attention module
 SUPPORTED_INNER = ("sdpa", "eager")
 _REGISTERED: set[str] = set()
@@ -114,6 +115,9 @@ def _make_attention(inner: str) -> Callable:
         if site is not None:
             method, j = site
             prefix_key, prefix_value = method.key_values(j)  # (H_kv, l, hd) each, or (B, H_kv, l, hd) gated
+            probe = getattr(module, PROBE_ATTR, None)
+            if probe is not None:  # memtune visualize: the prefix part of Eq. (9), observed
+                probe(query, prefix_key, kwargs.get("scaling"))
             if _one_query_fast_path(inner, query, key, kwargs):
                 mask = None if attention_mask is None else attention_mask.to(query.device)
                 return one_query_attention(query, key, value, prefix_key, prefix_value, mask, kwargs.get("scaling")), None

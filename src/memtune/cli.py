@@ -121,6 +121,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         shift_prefix_positions=args.shift_prefix_positions,
         progress=not args.no_progress,
         retry_failed=args.retry_failed,
+        save_models=args.save_models,
     )
     from .experiments.compare import finish_distributed, is_main_process
 
@@ -145,6 +146,28 @@ def _render_tables(out: str) -> None:
         raise MemtuneError(f"{Path(out) / RESULTS_FILE} holds no runs; run memtune compare --out {out} first")
     for path in write_reports(records, out):
         print(f"wrote {path}")
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .visualize import visualize
+
+    run = _run_info(args.checkpoint)  # a model saved by compare --save-models knows its model, task and data
+    model, task = args.model or run.get("model"), args.task or run.get("task")
+    if not model or not task:
+        raise MemtuneError(f"{args.checkpoint} does not say which base model and task it was tuned on (no run.json); "
+                           f"pass --model and --task")  # fmt: skip
+    visualize(args.checkpoint, model, task, args.out, layer=args.layer, data_dir=args.data_dir or run.get("data_dir"),
+              max_examples=args.max_examples, max_length=args.max_length, seed=args.seed)  # fmt: skip
+    return 0
+
+
+def _run_info(checkpoint: str) -> dict:
+    """``run.json`` of a checkpoint saved by ``compare --save-models`` ({} when absent or unreadable)."""
+    try:
+        info = json.loads((Path(checkpoint) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -237,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--retry-failed", action="store_true",
                    help="train again the runs recorded as failed (diverged) in --out; by default a resume keeps them as failed")
+    c.add_argument("--save-models", action="store_true",
+                   help="save each finished run's tuned model to --out/models/<run>/ (memtune.save, with run.json); "
+                        "not part of the comparison's settings")  # fmt: skip
     c.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     c.set_defaults(run=cmd_compare)
 
@@ -265,6 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="folder for the JSON result (default: print only)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(run=cmd_bench_decode)
+
+    v = sub.add_parser("visualize", help="draw the attention over a tuned model's external memories (the paper's Figs. 3-4), "
+                                         "with cluster numbers against an untrained memory")
+    v.add_argument("checkpoint", help="folder written by memtune.save (or compare --save-models: its run.json names model and task)")
+    v.add_argument("--model", default=None, help="the base model it was tuned on (default: from run.json)")
+    v.add_argument("--task", default=None, help="a sentence or token task of the registry (default: from run.json)")
+    v.add_argument("--layer", type=int, default=-1, help="the layer whose memories are drawn; negative counts from the last (default: -1)")
+    v.add_argument("--out", default="results/visualize", help="folder for the PNG, the points (CSV) and the numbers (JSON)")
+    v.add_argument("--data-dir", default=None, help="root of the task folders (default: as memtune compare)")
+    v.add_argument("--max-examples", type=int, default=1000, help="evaluation inputs run (a fixed sample beyond; default: 1000)")
+    v.add_argument("--max-length", type=int, default=128, help="input length in tokens (default: 128)")
+    v.add_argument("--seed", type=int, default=0, help="seed of t-SNE, of the point sample and of the untrained memories (default: 0)")
+    v.set_defaults(run=cmd_visualize)
 
     t = sub.add_parser("table", help="render the tables of a results folder again, without training")
     t.add_argument("--out", default="results/compare", help="folder holding results.jsonl (default: results/compare)")

@@ -19,13 +19,15 @@ from ..methods.recipes import RECIPES
 from ..version import __version__
 from .progress import PlanProgress
 from .ownership import FolderClaim
-from .results import append_result, check_config, check_records, check_splits, is_failed, read_results, run_key
+from .results import (RUN_KEY, append_result, check_config, check_records, check_splits, is_failed, read_results, run_key,
+                      run_name)  # fmt: skip
 from .tables import main_budget
 
 RESULTS_FILE = "results.jsonl"
 # settings of decoding, not of training: override name -> DecodingConfig field
 DECODING_OVERRIDES = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams", "decode_batch_size": "batch_size"}
 GENERATIONS_DIR = "generations"  # one JSONL per generation run: input, prediction, references
+MODELS_DIR = "models"  # --save-models: one memtune checkpoint per run, with run.json (how to rebuild its base and data)
 TASK_HEADS = {"sentence": "seq", "token": "token", "generation": "lm"}  # task kind -> models.HEAD_CLASSES name
 
 
@@ -86,6 +88,11 @@ class RunSpec:
     @property
     def key(self) -> tuple:
         return (self.task, self.method, self.seed, self.budget, self.train_size)
+
+    @property
+    def name(self) -> str:
+        """``<task>-<method>-b<budget>[-n<size>]-s<seed>``: the name of the run's generations, curves and model."""
+        return run_name(dict(zip(RUN_KEY, self.key)))
 
     def __str__(self) -> str:
         size = f", {self.train_size} examples" if self.train_size else ""
@@ -154,11 +161,14 @@ def run_one(
     callbacks: list[Any] = (),
     out: Path | None = None,
     bars: bool = False,
+    save_to: Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run; the record to append. A generation run also writes its generations to
     ``<out>/generations/`` (input, prediction, references; one JSON object per line), named in the record.
 
-    ``bars``: a bar over the decoding batches (on a terminal; never in a log file)."""
+    ``bars``: a bar over the decoding batches (on a terminal; never in a log file).
+    ``save_to``: a folder to save the tuned model to (``memtune.save``, best tensors restored) with ``run.json``
+    beside it, named in the record's ``saved_model`` (relative to ``out``); a diverged run saves nothing."""
     from transformers import set_seed
 
     from .. import attach, parameter_report
@@ -191,6 +201,8 @@ def run_one(
                  "valid_metric": "loss", "pairs": result.n_pairs}  # fmt: skip
         if out is not None:
             extra["generations"] = write_generations(Path(out), spec, data, result.predictions)
+    if save_to is not None:
+        extra["saved_model"] = save_run_model(model, Path(save_to), spec, comparison, out)
     return {
         **common,
         "status": "finished",
@@ -236,8 +248,7 @@ def write_generations(out: Path, spec: RunSpec, data: Any, predictions: list[str
 
     from ..io import atomic_write
 
-    size = f"-n{spec.train_size}" if spec.train_size else ""
-    name = f"{GENERATIONS_DIR}/{spec.task}-{spec.method}-b{spec.budget}{size}-s{spec.seed}.jsonl"
+    name = f"{GENERATIONS_DIR}/{spec.name}.jsonl"
     lines = [
         json.dumps({"index": i, "category": getattr(e, "category", None), "source": e.source, "prediction": p,
                     "references": list(e.references)}, ensure_ascii=False)  # fmt: skip
@@ -245,6 +256,27 @@ def write_generations(out: Path, spec: RunSpec, data: Any, predictions: list[str
     ]
     atomic_write(out / name, ("\n".join(lines) + "\n").encode())
     return name
+
+
+def save_run_model(model: Any, folder: Path, spec: RunSpec, comparison: Comparison, out: Path | None = None) -> str:
+    """Save the tuned model to ``folder`` (``memtune.save``) and write ``folder/run.json``: the ``--model`` given,
+    the run's task, method, seed, budget and training-set size and the ``--data-dir`` given, all a later tool
+    needs to rebuild the base model and the data. Returns the folder as the record names it (relative to ``out``)."""
+    import json
+
+    from .. import save
+    from ..io import atomic_write
+
+    save(model, folder)
+    def absolute(path: str | None) -> str | None:  # a local path, so that run.json works from any folder
+        return str(Path(path).resolve()) if path and os.path.exists(path) else path
+
+    run = {"model": absolute(comparison.model), "task": spec.task, "method": spec.method, "seed": spec.seed,
+           "budget": spec.budget, "train_size": spec.train_size, "data_dir": absolute(comparison.data_dir)}  # fmt: skip
+    atomic_write(folder / "run.json", (json.dumps(run, indent=2) + "\n").encode())
+    if out is not None and folder.is_relative_to(out):
+        return folder.relative_to(out).as_posix()
+    return str(folder)
 
 
 def validate(comparison: Comparison, runs: list[RunSpec]) -> dict[str, tuple[str, str]]:
@@ -340,6 +372,7 @@ def compare(
     shift_prefix_positions: bool = False,
     progress: bool = True,
     retry_failed: bool = False,
+    save_models: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run every missing run of the plan, appending each record to ``<out>/results.jsonl``; returns all records.
@@ -347,7 +380,10 @@ def compare(
     ``shift_prefix_positions``: prefixes give the real tokens positions l, l+1, ... (P-tuning v2's behaviour).
     A run whose training diverges is recorded as failed (``status``, ``error``; no score) and not tried again
     on resume unless ``retry_failed``. Processes with the same settings may share ``out`` and split the plan
-    (``experiments.ownership``); one with other settings is refused while another is live there."""
+    (``experiments.ownership``); one with other settings is refused while another is live there.
+
+    ``save_models``: each run this process trains and finishes saves its tuned model to ``<out>/models/<run name>/``
+    (under torchrun: rank 0). It is not part of the records' ``config``: the comparison is the same with or without."""
     from .. import recipe
 
     tasks = list(dict.fromkeys(tasks))
@@ -371,7 +407,7 @@ def compare(
         done = {run_key(r) for r in records if not is_failed(r) or not retry_failed}
         todo = [r for r in runs if r.key not in done]
         log(f"memtune compare: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to do")
-        records += _run_plan(todo, comparison, owner, path, config, progress, log, retry_failed)
+        records += _run_plan(todo, comparison, owner, path, config, progress, log, retry_failed, save_models)
     return records
 
 
@@ -380,7 +416,7 @@ def _distributed() -> bool:
 
 
 def _run_plan(todo: list[RunSpec], comparison: Comparison, owner: Any, path: Path, config: dict[str, Any], progress: bool,
-              log: Callable[[str], None], retry_failed: bool) -> list[dict[str, Any]]:  # fmt: skip
+              log: Callable[[str], None], retry_failed: bool, save_models: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Train the runs this process can claim, appending each record as it finishes; the new records."""
 
     def finished() -> set:  # runs another process sharing the folder has recorded since the plan was made
@@ -398,7 +434,8 @@ def _run_plan(todo: list[RunSpec], comparison: Comparison, owner: Any, path: Pat
                 continue
             try:
                 run = display.start(label, spec.method)
-                record = run_one(spec, comparison, [run.callback()], out=path.parent, bars=display.bars)
+                save_to = path.parent / MODELS_DIR / spec.name if save_models and is_main_process() else None
+                record = run_one(spec, comparison, [run.callback()], out=path.parent, bars=display.bars, save_to=save_to)
                 record["config"] = config
                 if is_main_process():
                     append_result(path, record)

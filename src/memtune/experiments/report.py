@@ -1,13 +1,15 @@
-"""Write the tables and the budget plot of a results file (atomically), from the records alone."""
+"""Write the tables, the plots and each run's training curves of a results file (atomically), from the records alone."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write
-from .results import is_failed, run_key
-from .tables import (csv_table, generation_csv, generation_markdown, generation_summary, is_generation, low_data_records,
-                     main_budget, markdown_table, summarize, sweep_csv, sweep_plot, sweep_rows)  # fmt: skip
+from .curves import CURVES_DIR, curve_plot, curve_rows, curves_csv
+from .results import is_failed, run_key, run_name
+from .tables import (bar_rows, bars_plot, csv_table, generation_csv, generation_markdown, generation_summary, is_generation,
+                     low_data_records, main_budget, markdown_table, score_label, summarize, sweep_csv, sweep_plot,
+                     sweep_rows)  # fmt: skip
 
 TASK_NAMES = {
     "mrpc": "MRPC", "rte": "RTE", "cb": "CB", "qnli": "QNLI", "sst2": "SST-2",
@@ -64,9 +66,11 @@ def _failures(failed: list[dict[str, Any]], table: str) -> str:
 
 
 def write_reports(records: list[dict[str, Any]], out: str | Path) -> list[Path]:
-    """table3.md/.csv (full data, main budget); table5.md/.csv (low data); budget_sweep.csv/.png (Fig. 2);
-    table7.md/.csv (generation tasks, every metric). Failed runs have no cell; each Markdown table lists
-    the failed runs of its kind (generation or not) below it."""
+    """table3.md/.csv and table3_bars.png (full data, main budget); table5.md/.csv (low data);
+    budget_sweep.csv/.png (Fig. 2); table7.md/.csv (generation tasks, every metric); and per scored run
+    curves/<run name>.csv/.png (training loss and validation metric per epoch). Failed runs have no cell
+    and no curves; each Markdown table lists the failed runs of its kind (generation or not) below it.
+    Returns the paths written, the curves folder once (not its files)."""
     out = Path(out)
     written: list[Path] = []
     latest = list({run_key(r): r for r in records}.values())  # a retried failed run: its last record counts
@@ -88,6 +92,8 @@ def write_reports(records: list[dict[str, Any]], out: str | Path) -> list[Path]:
         title = f"Results (budget {budget}); model {full[0]['config']['model']}, profile {full[0]['config']['profile']}"
         write("table3.md", f"# {title}\n\n{markdown_table(summary, TASK_NAMES)}\n\n{_sources(full)}\n")
         write("table3.csv", csv_table(summary, TASK_NAMES))
+        write("table3_bars.png", bars_plot(bar_rows(summary), TASK_NAMES, score_label(r["metric"] for r in full),
+                                           f"{title}: mean over seeds {summary['seeds']}, error bars std"))  # fmt: skip
     low = low_data_records([r for r in records if r["budget"] == budget])
     if low:
         summary = summarize(low, column="task_size")
@@ -107,4 +113,12 @@ def write_reports(records: list[dict[str, Any]], out: str | Path) -> list[Path]:
         title = f"Data-to-text results (budget {budget}); model {full[0]['config']['model']}, profile {full[0]['config']['profile']}"
         write("table7.md", f"# {title}\n\n{generation_markdown(summary, names)}\n\n{_sources(full, names=names)}\n")
         write("table7.csv", generation_csv(summary))
+    curves = [(r, curve_rows(r)) for r in scored]  # every scored run, generation runs included
+    for r, rows in curves:
+        if rows:
+            name = out / CURVES_DIR / run_name(r)
+            atomic_write(Path(f"{name}.csv"), curves_csv(rows).encode())
+            atomic_write(Path(f"{name}.png"), curve_plot(r, rows))
+    if any(rows for _, rows in curves):
+        written.append(out / CURVES_DIR)  # the folder once, not a line per run
     return written

@@ -26,6 +26,12 @@ def run_key(record: dict[str, Any]) -> tuple:
     return tuple(record.get(k) for k in RUN_KEY)
 
 
+def run_name(record: dict[str, Any]) -> str:
+    """``<task>-<method>-b<budget>[-n<size>]-s<seed>``: the name of a run's files (generations, curves, saved model)."""
+    size = f"-n{record['train_size']}" if record.get("train_size") else ""
+    return f"{record['task']}-{record['method']}-b{record['budget']}{size}-s{record['seed']}"
+
+
 def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All run records of a results file ([] if it does not exist)."""
     file = Path(path)

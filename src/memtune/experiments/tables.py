@@ -5,6 +5,7 @@
   second underlined.
 - Table V: the same scores for each training-set size (low-data).
 - Fig. 2: score against the parameter budget, as CSV and a PNG plot.
+- Table III as a bar chart (``bar_rows``, ``bars_plot``): mean and std over seeds per task and method.
 """
 from __future__ import annotations
 
@@ -199,6 +200,63 @@ def sweep_plot(rows: list[dict[str, Any]], metric_names: dict[str, str] | None =
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def bar_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Table III as bars: per column (task) and method, in the table's orders, the mean and std over seeds of
+    ``summarize`` and the number of seeds; a method without runs of a task has no row."""
+    return [
+        {"task": c, "method": m, "mean": summary["cells"][(m, c)][0], "std": summary["cells"][(m, c)][1],
+         "runs": summary["counts"][(m, c)]}  # fmt: skip
+        for c in summary["columns"]
+        for m in summary["methods"]
+        if (m, c) in summary["cells"]
+    ]
+
+
+METRIC_AXIS = {"accuracy": "accuracy", "f1": "F1", "entity_f1": "F1"}
+
+
+def score_label(metrics: Iterable[str]) -> str:
+    """The bar chart's y label, naming the tasks' metrics: 'score (accuracy / F1)'."""
+    names = list(dict.fromkeys(METRIC_AXIS.get(m, m) for m in metrics))
+    return f"score ({' / '.join(names)})" if names else "score"
+
+
+def bars_plot(rows: list[dict[str, Any]], column_names: dict[str, str] | None = None, ylabel: str = "score",
+              title: str = "Mean over seeds; error bars: std over seeds") -> bytes:
+    """Table III as PNG bytes: one group per task, one bar per method (the table's order, one colour per
+    method across groups), height the mean over seeds, error bar the std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = _ordered({r["method"] for r in rows})
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 + 0.16 * len(methods) * len(tasks) + 0.4 * len(tasks)), 4.5))
+    for i, method in enumerate(methods):
+        cells = {r["task"]: r for r in rows if r["method"] == method}
+        shown = [t for t in tasks if t in cells]  # a method without runs of a task leaves a gap
+        xs = [tasks.index(t) + (i - (len(methods) - 1) / 2) * width for t in shown]
+        ax.bar(xs, [cells[t]["mean"] for t in shown], width, yerr=[cells[t]["std"] for t in shown], capsize=2, color=palette(i),
+               edgecolor="black", linewidth=0.4, error_kw={"elinewidth": 0.8}, label=DISPLAY.get(method, method))  # fmt: skip
+    ax.set_xticks(range(len(tasks)), [(column_names or {}).get(t, t) for t in tasks])
+    ax.set_xlabel("task")
+    ax.set_ylabel(ylabel)
+    top = max((r["mean"] + r["std"] for r in rows), default=100.0)
+    ax.set_ylim(0, max(top * 1.05, 1.0))
+    ax.grid(axis="y", linewidth=0.4, alpha=0.5)
+    ax.set_axisbelow(True)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=min(len(methods), 8), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 
