@@ -109,3 +109,13 @@ def test_visualize_draws_each_memory_trained_and_untrained_with_its_numbers(caps
     assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = stem.with_name(f"{task}-layer1-points.csv").read_text().splitlines()
     assert rows[0] == "memory,state,label,x,y" and len(rows) == 1 + 4 * points
+
+
+def test_a_checkpoint_without_run_json_needs_model_and_task(capsys, tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    assert main(["visualize", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "does not say which base model and task it was tuned on (no run.json); pass --model and --task" in err
+    (tmp_path / "ckpt" / "run.json").write_text(json.dumps({"model": "minilm", "task": "cola-typo"}))
+    assert main(["visualize", str(tmp_path / "ckpt")]) == 2  # model and task come from run.json: the task is refused
+    assert "cola-typo" in capsys.readouterr().err
