@@ -66,3 +66,51 @@ def test_decode_bench_refuses_what_it_cannot_time(capsys, tiny_lm_dir):
     assert code == 2 and "mt-z" in capsys.readouterr().err
     code = main(["bench", "decode", "--model", str(tiny_lm_dir), "--limit", "0", "--data-dir", str(FIXTURES)])
     assert code == 2 and "--limit must be a positive number of inputs, got 0" in capsys.readouterr().err
+
+
+def test_latency_precision_is_the_half_width_of_every_interval():
+    from memtune.bench.latency import precise
+    from memtune.bench.timing import Ratio
+
+    assert precise({"a": Ratio(101.0, 100.2, 101.8, 0.95), "b": Ratio(99.0, 98.5, 99.5, 0.95)}, 1.0)
+    assert not precise({"a": Ratio(101.0, 100.2, 101.8, 0.95), "b": Ratio(99.0, 97.9, 100.1, 0.95)}, 1.0)
+
+
+def test_latency_bench_repeats_until_precise_and_writes_table_vi(tiny_lm_dir, tmp_path):
+    from memtune.bench.latency import MIN_ROUNDS, latency_bench, markdown
+    from memtune.bench.timing import write
+
+    result = latency_bench(str(tiny_lm_dir), ["lora", "mt-mf"], batch_size=2, seq_len=8, precision=50.0, progress=False)
+    assert result["precision_reached"] and result["rounds"] == MIN_ROUNDS  # loose enough at the first look
+    assert set(result["results"]) == {"untuned", "lora", "mt-mf"}
+    row = result["results"]["mt-mf"]
+    assert row["low"] <= row["ratio"] <= row["high"] and len(row["batch_seconds"]) == MIN_ROUNDS
+    table = markdown(result)
+    assert "| mt-mf |" in table and "every interval within +-50 points" in table
+    assert write(result, tmp_path).name == f"latency-{tiny_lm_dir.name}.json"
+
+
+def test_latency_bench_stops_at_its_time_limit_and_says_so(tiny_lm_dir):
+    import random
+
+    from memtune.bench.latency import ROUNDS_PER_CHECK, latency_bench, markdown
+
+    rng, now = random.Random(0), [0.0]
+
+    def noisy_clock():  # every reading 0.5-1.5 s later: timings too noisy for +-0.001 points
+        now[0] += rng.uniform(0.5, 1.5)
+        return now[0]
+
+    result = latency_bench(str(tiny_lm_dir), ["bitfit"], batch_size=1, seq_len=4, precision=0.001, max_seconds=30,
+                           progress=False, clock=noisy_clock)  # fmt: skip
+    assert not result["precision_reached"] and result["rounds"] % ROUNDS_PER_CHECK == 0
+    assert "NOT every interval within +-0.001 points: stopped at the 30 s limit" in markdown(result)
+
+
+def test_latency_bench_refuses_what_it_cannot_time(capsys, tiny_lm_dir):
+    from memtune.cli import main
+
+    for argv, message in ((["--seq", "100000"], "--seq 100000 is more than the"), (["--methods", "nope"], "nope"),
+                          (["--batch", "0"], "--batch must be a positive integer")):  # fmt: skip
+        assert main(["bench", "latency", "--model", str(tiny_lm_dir), "--no-progress", *argv]) == 2
+        assert message in capsys.readouterr().err

@@ -219,6 +219,19 @@ def cmd_bench_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from .bench.latency import latency_bench, markdown
+    from .bench.timing import write
+
+    result = latency_bench(args.model, _names(args.methods, "--methods"), batch_size=args.batch, seq_len=args.seq,
+                           precision=args.precision, max_seconds=args.max_seconds, threads=args.threads,
+                           progress=not args.no_progress)  # fmt: skip
+    print(markdown(result))
+    if args.out:
+        print(f"wrote {write(result, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memtune", description="Memory-tuning and its baselines for Hugging Face transformers.")
     parser.add_argument("--version", action="version", version=f"memtune {__version__}")
@@ -291,6 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="folder for the JSON result (default: print only)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(run=cmd_bench_decode)
+    lat = bench.add_parser("latency", help="Table VI: forward time of each method vs the untuned model (= 100), until the intervals are tight")
+    lat.add_argument("--model", default="minilm", help="packaged short name, local path or hub id (default: minilm)")
+    lat.add_argument("--methods", default="ft,bitfit,adapter,lora,prefix,mam,mt-f,mt-mf",
+                     help="comma-separated recipes, each attached to its own copy (default: the paper's eight)")
+    lat.add_argument("--batch", type=int, default=32, help="inputs per batch (default: 32)")
+    lat.add_argument("--seq", type=int, default=128, help="tokens per input (default: 128)")
+    lat.add_argument("--precision", type=float, default=1.0,
+                     help="repeat until every ratio's 95%% interval is within +- this many points (default: 1)")
+    lat.add_argument("--max-seconds", type=float, default=600.0, help="stop after this long even if not that precise (default: 600)")
+    lat.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    lat.add_argument("--out", default=None, help="folder for the JSON result (default: print only)")
+    lat.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lat.set_defaults(run=cmd_bench_latency)
 
     v = sub.add_parser("visualize", help="draw the attention over a tuned model's external memories (the paper's Figs. 3-4), "
                                          "with cluster numbers against an untrained memory")

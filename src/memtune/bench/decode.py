@@ -11,15 +11,11 @@ per token; ``natural_length=True`` lets each stop at its own end-of-sequence tok
 from __future__ import annotations
 
 import copy
-import json
-import resource
-import sys
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .timing import interleaved, machine_state, ratio
+from .timing import interleaved, machine_state, peak_rss_mb, ratio, write  # noqa: F401 - write: cli's import
 
 BASELINE = "untuned"
 
@@ -95,16 +91,10 @@ def decode_bench(
         "bench": "decode", "model": model_name, "task": task_name, "split": data.eval_source, "inputs": len(sources),
         "batch_size": batch_size, "batches": len(batches), "max_new_tokens": new_tokens, "natural_length": natural_length,
         "num_beams": 1, "warmup_batches": 1, "confidence": 0.95, "results": results,
-        "machine": {"before": before, "after": machine_state()}, "peak_rss_mb": _peak_rss_mb(),
+        "machine": {"before": before, "after": machine_state()}, "peak_rss_mb": peak_rss_mb(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
-
-
-def _peak_rss_mb() -> float:
-    """The process's peak resident memory (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -125,13 +115,3 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{m['before'].get('load_average')} before, {m['after'].get('load_average')} after; peak memory "
                   f"{result['peak_rss_mb']:.0f} MB"]  # fmt: skip
     return "\n".join(lines)
-
-
-def write(result: dict[str, Any], out: str | Path) -> Path:
-    """``<out>/decode-<model>-<task>.json`` (atomic), beside the printed table."""
-    from ..io import atomic_write
-
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(result["model"]).name)
-    path = Path(out) / f"decode-{safe}-{result['task']}.json"
-    atomic_write(path, (json.dumps(result, indent=1) + "\n").encode())
-    return path

@@ -11,6 +11,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import ConfigError
@@ -91,3 +92,25 @@ def machine_state() -> dict[str, object]:
     except OSError:
         pass
     return state
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def write(result: dict[str, object], out: str | os.PathLike) -> Path:
+    """``<out>/<bench>-<model>[-<task>].json`` (atomic), beside the printed table."""
+    import json
+
+    from ..io import atomic_write
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(result["model"])).name)
+    task = f"-{result['task']}" if result.get("task") else ""
+    path = Path(out) / f"{result['bench']}-{safe}{task}.json"
+    atomic_write(path, (json.dumps(result, indent=1) + "\n").encode())
+    return path
