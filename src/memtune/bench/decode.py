@@ -11,11 +11,10 @@ per token; ``natural_length=True`` lets each stop at its own end-of-sequence tok
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .timing import interleaved, machine_state, peak_rss_mb, ratio, write  # noqa: F401 - write: cli's import
+from .timing import environment, interleaved, machine_line, machine_state, ratio, write  # noqa: F401 - write: cli's import
 
 BASELINE = "untuned"
 
@@ -36,7 +35,6 @@ def decode_bench(
     """Decode the task's evaluation inputs with the untuned model and with each method; the result as a dict
     (per contender: seconds, tokens, ms per token, ratio to untuned = 100 with its 95% interval)."""
     import torch
-    import transformers
     from tqdm.auto import tqdm
 
     from .. import attach, recipe
@@ -90,10 +88,7 @@ def decode_bench(
     return {
         "bench": "decode", "model": model_name, "task": task_name, "split": data.eval_source, "inputs": len(sources),
         "batch_size": batch_size, "batches": len(batches), "max_new_tokens": new_tokens, "natural_length": natural_length,
-        "num_beams": 1, "warmup_batches": 1, "confidence": 0.95, "results": results,
-        "machine": {"before": before, "after": machine_state()}, "peak_rss_mb": peak_rss_mb(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_beams": 1, "warmup_batches": 1, "confidence": 0.95, "results": results, **environment(before),
     }  # fmt: skip
 
 
@@ -110,8 +105,5 @@ def markdown(result: dict[str, Any]) -> str:
     for name, row in result["results"].items():
         rel = "100" if name == BASELINE else f"{row['ratio']:.1f} [{row['low']:.1f}, {row['high']:.1f}]"
         lines.append(f"| {name} | {row['seconds']:.1f} | {row['tokens']} | {row['ms_per_token']:.2f} | {rel} |")
-    m = result["machine"]
-    lines += ["", f"torch threads {m['before']['torch_threads']} of {m['before']['cpu_count']} cores; load average "
-                  f"{m['before'].get('load_average')} before, {m['after'].get('load_average')} after; peak memory "
-                  f"{result['peak_rss_mb']:.0f} MB"]  # fmt: skip
+    lines += ["", machine_line(result)]
     return "\n".join(lines)

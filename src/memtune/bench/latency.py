@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import copy
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from .decode import BASELINE
-from .timing import Ratio, interleaved, machine_state, peak_rss_mb, ratio
+from .timing import Ratio, environment, interleaved, machine_line, machine_state, ratio
 
 ROUNDS_PER_CHECK = 10  # rounds between two looks at the intervals (a look costs no timed work)
 MIN_ROUNDS = 20
@@ -42,7 +41,6 @@ def latency_bench(
     """Time the untuned model and each method on one (batch_size, seq_len) batch; the result as a dict (per
     contender: ms per batch; per method: ratio to untuned = 100 and its 95% interval)."""
     import torch
-    import transformers
     from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification
 
@@ -103,9 +101,7 @@ def latency_bench(
         "bench": "latency", "model": model_name, "batch_size": batch_size, "seq_len": seq_len, "rounds": rounds,
         "precision": precision, "precision_reached": reached, "max_seconds": max_seconds,
         "seconds": round(clock() - start, 1), "warmup_rounds": 1, "confidence": 0.95, "results": results,
-        "machine": {"before": before, "after": machine_state()}, "peak_rss_mb": peak_rss_mb(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment(before),
     }  # fmt: skip
 
 
@@ -121,10 +117,7 @@ def markdown(result: dict[str, Any]) -> str:
     for name, row in result["results"].items():
         rel = "100" if name == BASELINE else f"{row['ratio']:.1f} [{row['low']:.1f}, {row['high']:.1f}]"
         lines.append(f"| {name} | {row['ms_per_batch']:.1f} | {rel} |")
-    m = result["machine"]
     reached = (f"every interval within +-{result['precision']:g} points" if result["precision_reached"] else
                f"NOT every interval within +-{result['precision']:g} points: stopped at the {result['max_seconds']:.0f} s limit")  # fmt: skip
-    lines += ["", f"{reached}; torch threads {m['before']['torch_threads']} of {m['before']['cpu_count']} cores; load average "
-                  f"{m['before'].get('load_average')} before, {m['after'].get('load_average')} after; peak memory "
-                  f"{result['peak_rss_mb']:.0f} MB"]  # fmt: skip
+    lines += ["", f"{reached}; {machine_line(result)}"]
     return "\n".join(lines)

@@ -114,3 +114,26 @@ def write(result: dict[str, object], out: str | os.PathLike) -> Path:
     path = Path(out) / f"{result['bench']}-{safe}{task}.json"
     atomic_write(path, (json.dumps(result, indent=1) + "\n").encode())
     return path
+
+
+def environment(before: dict[str, object]) -> dict[str, object]:
+    """What every bench result records about where it ran: the machine before and after, peak memory,
+    versions, and when it finished."""
+    from datetime import datetime, timezone
+
+    import torch
+    import transformers
+
+    return {
+        "machine": {"before": before, "after": machine_state()}, "peak_rss_mb": peak_rss_mb(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+
+
+def machine_line(result: dict) -> str:
+    """The line under a bench table: threads, load before and after, peak memory."""
+    m = result["machine"]
+    return (f"torch threads {m['before']['torch_threads']} of {m['before']['cpu_count']} cores; load average "
+            f"{m['before'].get('load_average')} before, {m['after'].get('load_average')} after; peak memory "
+            f"{result['peak_rss_mb']:.0f} MB")  # fmt: skip
