@@ -110,3 +110,18 @@ def test_eval_logits_with_the_fast_path_equal_the_plain_path(arch, recipe):
     plain = model(**inputs).logits.detach()
     with torch.no_grad():
         assert torch.allclose(model(**inputs).logits, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_the_fold_is_taken_only_where_it_pays_and_both_inference_forms_equal_the_plain_path():
+    from memtune.methods.memory import FOLD_ROWS
+
+    minilm = MemoryBlock(384, 50, 32)  # folding adds FLOPs (2dk > 2sd + 2ks): folded for few rows only
+    assert minilm.fold_pays(torch.zeros(32, 1, 384)) and not minilm.fold_pays(torch.zeros(32, 128, 384))
+    wide = MemoryBlock(16, 6, 16)  # dk <= s (d + k): the fold saves FLOPs at any size
+    assert wide.fold_pays(torch.zeros(FOLD_ROWS + 1, 16))
+    block = _random_block()  # d = 16, k = 6, s = 4: folded up to FOLD_ROWS rows, plain beyond
+    for rows in (3, FOLD_ROWS + 44):
+        h = torch.randn(rows, 16)
+        plain = block(h).detach()
+        with torch.no_grad():
+            assert block.fold_pays(h) == (rows <= FOLD_ROWS) and _close(block(h), plain)
