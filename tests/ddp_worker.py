@@ -40,7 +40,7 @@ def main(out_path, batch_size, optimizer):
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2)
     model = BertForSequenceClassification(config)
     memtune.attach(model, memtune.recipe("mt-mf", budget=8))
-    task = SimpleNamespace(kind="sentence", metric="accuracy", labels=("0", "1"))
+    task = SimpleNamespace(name="ddp-parity", kind="sentence", metric="accuracy", labels=("0", "1"))
     data = SimpleNamespace(task=task, train=examples(64, 1), valid=examples(16, 2), eval=examples(16, 3))
     settings = TrainSettings(epochs=2, batch_size=batch_size, learning_rate=1e-2, max_length=16, patience=5, optimizer=optimizer)
     result = train_and_evaluate(model, tokenizer(), data, settings, seed=0, output_dir=os.path.dirname(out_path))

@@ -38,7 +38,8 @@ def test_ratio_is_the_ratio_of_sums_with_a_bootstrap_interval_around_it():
 
 
 def test_decode_bench_times_every_method_on_the_same_inputs_at_a_fixed_length(tiny_lm_dir, tmp_path):
-    from memtune.bench.decode import decode_bench, markdown, write
+    from memtune.bench.decode import decode_bench, markdown
+    from memtune.bench.timing import write
 
     result = decode_bench(str(tiny_lm_dir), "e2e", ["mt-mf", "lora"], data_dir=str(FIXTURES), max_new_tokens=3,
                           batch_size=2, progress=False)  # fmt: skip

@@ -149,6 +149,15 @@ def assert_message(error: Exception) -> None:
     assert isinstance(error, MemtuneError) and len(str(error)) > 10
 
 
+def built(make):
+    """``make()``, or None when it raised a memtune error (whose message is checked): the two outcomes
+    every property allows."""
+    try:
+        return make()
+    except MemtuneError as e:
+        assert_message(e)
+        return None
+
 # ---- (a)-(c): method configs -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
@@ -156,10 +165,8 @@ def assert_message(error: Exception) -> None:
 @given(data=st.data())
 def test_any_field_values_build_a_valid_config_or_raise_a_memtune_error(cls, data):
     kwargs = data.draw(field_values(cls, arbitrary=True), label="kwargs")
-    try:
-        config = cls(**kwargs)
-    except MemtuneError as e:
-        assert_message(e)
+    config = built(lambda: cls(**kwargs))
+    if config is None:
         return
     assert_valid(config)
     assert_round_trips(config)
@@ -189,10 +196,8 @@ method_names = st.sampled_from(sorted(METHODS)) | json_values
 )
 def test_from_dict_of_any_dict_gives_a_valid_config_or_a_memtune_error(method, fields, with_method, not_a_dict, use_dict):
     data = {**fields, **({"method": method} if with_method else {})} if use_dict else not_a_dict
-    try:
-        config = MethodConfig.from_dict(data)
-    except MemtuneError as e:
-        assert_message(e)
+    config = built(lambda: MethodConfig.from_dict(data))
+    if config is None:
         return
     assert type(config) is METHODS[data["method"]]
     assert_valid(config)
@@ -203,10 +208,8 @@ def test_from_dict_of_any_dict_gives_a_valid_config_or_a_memtune_error(method, f
 @given(config=method_configs(small=False), extra=st.dictionaries(st.sampled_from(FIELD_NAMES), json_values, max_size=2))
 def test_to_dict_round_trips_and_edited_dicts_stay_safe(config, extra):
     assert_round_trips(config)
-    try:
-        edited = MethodConfig.from_dict({**config.to_dict(), **extra})
-    except MemtuneError as e:
-        assert_message(e)
+    edited = built(lambda: MethodConfig.from_dict({**config.to_dict(), **extra}))
+    if edited is None:
         return
     assert_valid(edited)
 
@@ -245,10 +248,8 @@ def assert_valid_settings(s: TrainSettings) -> None:
 @PROPERTY
 @given(kwargs=settings_fields())
 def test_train_settings_of_any_values_are_valid_or_refused(kwargs):
-    try:
-        s = TrainSettings(**kwargs)
-    except MemtuneError as e:
-        assert_message(e)
+    s = built(lambda: TrainSettings(**kwargs))
+    if s is None:
         return
     assert_valid_settings(s)
 
@@ -264,10 +265,8 @@ TASK = SimpleNamespace(epochs=3, batch_size=8, batch_size_large=4, max_length=64
                               json_values, max_size=3),  # fmt: skip
 )
 def test_settings_for_any_overrides_are_valid_or_refused(profile, large, overrides):
-    try:
-        s = settings_for(TASK, SimpleNamespace(learning_rate=1e-4), profile, large=large, **overrides)
-    except MemtuneError as e:
-        assert_message(e)
+    s = built(lambda: settings_for(TASK, SimpleNamespace(learning_rate=1e-4), profile, large=large, **overrides))
+    if s is None:
         return
     assert_valid_settings(s)
 
@@ -278,10 +277,8 @@ def test_settings_for_any_overrides_are_valid_or_refused(profile, large, overrid
     "batch_size": st.integers(1, 32) | json_values, "min_new_tokens": st.integers(0, 100) | json_values,
 }))  # fmt: skip
 def test_decoding_config_of_any_values_is_valid_or_refused(kwargs):
-    try:
-        config = DecodingConfig(**kwargs)
-    except MemtuneError as e:
-        assert_message(e)
+    config = built(lambda: DecodingConfig(**kwargs))
+    if config is None:
         return
     for name in ("max_new_tokens", "num_beams", "batch_size"):
         assert type(getattr(config, name)) is int and getattr(config, name) >= 1
@@ -296,10 +293,8 @@ budgets = st.integers(1, 64) | st.integers(1, MAX_SIZE) | json_values
 @PROPERTY
 @given(name=recipe_names, budget=budgets, shift=st.booleans() | json_values)
 def test_recipe_of_any_name_and_budget_is_valid_or_refused(name, budget, shift):
-    try:
-        r = memtune.recipe(name, budget, shift_prefix_positions=shift)
-    except MemtuneError as e:
-        assert_message(e)
+    r = built(lambda: memtune.recipe(name, budget, shift_prefix_positions=shift))
+    if r is None:
         return
     assert isinstance(r, Recipe) and r.name in RECIPES and r.budget == budget and len(r) >= 1
     assert math.isfinite(r.learning_rate) and r.learning_rate > 0

@@ -206,7 +206,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_decode(args: argparse.Namespace) -> int:
-    from .bench.decode import decode_bench, markdown, write
+    from .bench.decode import decode_bench, markdown
+    from .bench.timing import write
 
     result = decode_bench(
         args.model, args.task, _names(args.methods, "--methods"), data_dir=args.data_dir, max_new_tokens=args.max_new_tokens,

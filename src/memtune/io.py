@@ -42,6 +42,7 @@ from .arch import arch_for, dims_of
 from .errors import ArchitectureError, CheckpointError, MemtuneError
 from .methods.base import MethodConfig, Recipe
 from .params import parameter_report
+from .settings import shown
 from .tuning import STATE_ATTR, attach, detach, identity_of, is_transformers_model, method_parameters, state_of
 from .version import FORMAT_VERSION, __version__
 
@@ -233,8 +234,7 @@ def _brief(value: Any) -> str:
     """A short description of a config value for an error message (containers by kind, not in full)."""
     if isinstance(value, (dict, list)):
         return f"a JSON {'object' if isinstance(value, dict) else 'array'} of {len(value)} entries"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shown(value, 60)
 
 
 def _is_int(value: Any, minimum: int) -> bool:

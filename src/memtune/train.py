@@ -315,7 +315,7 @@ def train_and_evaluate(
         return {"score": score(task, examples[current["split"]], predicted, prediction.label_ids)}
 
     stop = _callback(best, "eval_loss", sign=-1.0) if generation else _callback(best, "eval_score")
-    guard = _finite_guard(model, run or f"{getattr(task, 'name', 'training')} seed {seed}")
+    guard = _finite_guard(model, run or f"{task.name} seed {seed}")
     trainer = Trainer(
         model=model,
         args=args,

@@ -14,10 +14,7 @@ import copy
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .timing import environment, interleaved, machine_line, machine_state, ratio, write  # noqa: F401 - write: cli's import
-
-BASELINE = "untuned"
-
+from .timing import BASELINE, environment, interleaved, machine_line, machine_state, ratio, relative_cell
 
 def decode_bench(
     model_name: str,
@@ -103,7 +100,6 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, row in result["results"].items():
-        rel = "100" if name == BASELINE else f"{row['ratio']:.1f} [{row['low']:.1f}, {row['high']:.1f}]"
-        lines.append(f"| {name} | {row['seconds']:.1f} | {row['tokens']} | {row['ms_per_token']:.2f} | {rel} |")
+        lines.append(f"| {name} | {row['seconds']:.1f} | {row['tokens']} | {row['ms_per_token']:.2f} | {relative_cell(name, row)} |")
     lines += ["", machine_line(result)]
     return "\n".join(lines)

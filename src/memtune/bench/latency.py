@@ -14,8 +14,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
-from .decode import BASELINE
-from .timing import Ratio, environment, interleaved, machine_line, machine_state, ratio
+from .timing import BASELINE, Ratio, environment, interleaved, machine_line, machine_state, ratio, relative_cell
 
 ROUNDS_PER_CHECK = 10  # rounds between two looks at the intervals (a look costs no timed work)
 MIN_ROUNDS = 20
@@ -115,8 +114,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for name, row in result["results"].items():
-        rel = "100" if name == BASELINE else f"{row['ratio']:.1f} [{row['low']:.1f}, {row['high']:.1f}]"
-        lines.append(f"| {name} | {row['ms_per_batch']:.1f} | {rel} |")
+        lines.append(f"| {name} | {row['ms_per_batch']:.1f} | {relative_cell(name, row)} |")
     reached = (f"every interval within +-{result['precision']:g} points" if result["precision_reached"] else
                f"NOT every interval within +-{result['precision']:g} points: stopped at the {result['max_seconds']:.0f} s limit")  # fmt: skip
     lines += ["", f"{reached}; {machine_line(result)}"]

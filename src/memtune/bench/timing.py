@@ -17,6 +17,9 @@ from typing import Callable, Sequence
 from ..errors import ConfigError
 
 
+BASELINE = "untuned"  # the contender every other is timed against (= 100)
+
+
 @dataclass(frozen=True)
 class Ratio:
     """A contender's time relative to the baseline's (= 100), with a bootstrap interval."""
@@ -137,3 +140,8 @@ def machine_line(result: dict) -> str:
     return (f"torch threads {m['before']['torch_threads']} of {m['before']['cpu_count']} cores; load average "
             f"{m['before'].get('load_average')} before, {m['after'].get('load_average')} after; peak memory "
             f"{result['peak_rss_mb']:.0f} MB")  # fmt: skip
+
+
+def relative_cell(name: str, row: dict) -> str:
+    """A table cell: 100 for the baseline, else the row's ratio with its interval, "103.0 [101.3, 104.8]"."""
+    return "100" if name == BASELINE else f"{row['ratio']:.1f} [{row['low']:.1f}, {row['high']:.1f}]"

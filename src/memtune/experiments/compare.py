@@ -19,7 +19,7 @@ from ..methods.recipes import RECIPES
 from ..version import __version__
 from .progress import PlanProgress
 from .ownership import FolderClaim
-from .results import (RUN_KEY, append_result, check_config, check_records, check_splits, is_failed, read_results, run_key,
+from .results import (RUN_KEY, append_result, check_config, check_records, check_splits, done_keys, is_failed, read_results,
                       run_name)  # fmt: skip
 from .tables import main_budget
 
@@ -268,15 +268,17 @@ def save_run_model(model: Any, folder: Path, spec: RunSpec, comparison: Comparis
     from ..io import atomic_write
 
     save(model, folder)
-    def absolute(path: str | None) -> str | None:  # a local path, so that run.json works from any folder
-        return str(Path(path).resolve()) if path and os.path.exists(path) else path
-
-    run = {"model": absolute(comparison.model), "task": spec.task, "method": spec.method, "seed": spec.seed,
-           "budget": spec.budget, "train_size": spec.train_size, "data_dir": absolute(comparison.data_dir)}  # fmt: skip
+    run = {"model": _absolute(comparison.model), "task": spec.task, "method": spec.method, "seed": spec.seed,
+           "budget": spec.budget, "train_size": spec.train_size, "data_dir": _absolute(comparison.data_dir)}  # fmt: skip
     atomic_write(folder / "run.json", (json.dumps(run, indent=2) + "\n").encode())
     if out is not None and folder.is_relative_to(out):
         return folder.relative_to(out).as_posix()
     return str(folder)
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local path made absolute, so that run.json works from any folder; names (packaged, hub) as given."""
+    return str(Path(path).resolve()) if path and os.path.exists(path) else path
 
 
 def validate(comparison: Comparison, runs: list[RunSpec]) -> dict[str, tuple[str, str]]:
@@ -404,7 +406,7 @@ def compare(
         check_config(records, config, path)
         for task, (eval_source, valid_source) in splits.items():
             check_splits(records, task, eval_source, valid_source, path)
-        done = {run_key(r) for r in records if not is_failed(r) or not retry_failed}
+        done = done_keys(records, retry_failed)
         todo = [r for r in runs if r.key not in done]
         log(f"memtune compare: {len(runs)} runs, {len(runs) - len(todo)} already in {path}, {len(todo)} to do")
         records += _run_plan(todo, comparison, owner, path, config, progress, log, retry_failed, save_models)
@@ -420,7 +422,7 @@ def _run_plan(todo: list[RunSpec], comparison: Comparison, owner: Any, path: Pat
     """Train the runs this process can claim, appending each record as it finishes; the new records."""
 
     def finished() -> set:  # runs another process sharing the folder has recorded since the plan was made
-        return {run_key(r) for r in read_results(path) if not is_failed(r) or not retry_failed}
+        return done_keys(read_results(path), retry_failed)
 
     new, skipped = [], []
     quiet = None if is_main_process() else open(os.devnull, "w")  # noqa: SIM115 - closed below

@@ -92,6 +92,11 @@ def check_records(records: list[dict[str, Any]], path: str | os.PathLike) -> Non
         seen[key] = number
 
 
+def done_keys(records: Iterable[dict[str, Any]], retry_failed: bool = False) -> set[tuple]:
+    """The run keys a resume skips: every recorded run, failed ones too unless they are to be retried."""
+    return {run_key(r) for r in records if not (retry_failed and is_failed(r))}
+
+
 def is_failed(record: dict[str, Any]) -> bool:
     """A run that stopped without a score (e.g. its training diverged); its record says why."""
     return record.get("status") == "failed"
